@@ -1,0 +1,66 @@
+# MyDSP Assistant — the two commands: `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+# Rasa 3.6 needs Python 3.10: on PATH, else from pyenv.
+PYTHON310 ?= $(shell command -v python3.10 2>/dev/null || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10.*/bin/python3.10 2>/dev/null | tail -n 1)
+VENV := .venv
+RASA_VENV := .venv-rasa
+UV := $(VENV)/bin/uv
+RASA := $(RASA_VENV)/bin/rasa
+MODEL := models/mydsp.tar.gz
+TRAINING_FILES := config.yml $(wildcard domain/*.yml domain/responses/*.yml) $(shell find data -name '*.yml' 2>/dev/null)
+export RASA_TELEMETRY_ENABLED := false
+export TF_CPP_MIN_LOG_LEVEL := 3
+
+.PHONY: help setup run serve test model db lint validate clean-state
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is needed for $(VENV) (set PYTHON=...)"; exit 1; }
+	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check uv
+	$(UV) pip install --quiet --python $(VENV)/bin/python -e '.[dev]'
+	touch $@
+
+$(RASA_VENV)/.installed: requirements-rasa.txt $(VENV)/.installed
+	@[ -n "$(PYTHON310)" ] || { echo "Python 3.10 is needed for Rasa 3.6 (install it with pyenv, or set PYTHON310=...)"; exit 1; }
+	[ -x $(RASA_VENV)/bin/python ] || $(PYTHON310) -m venv $(RASA_VENV)
+	$(UV) pip install --quiet --python $(RASA_VENV)/bin/python -r requirements-rasa.txt
+	touch $@
+
+setup: $(VENV)/.installed $(RASA_VENV)/.installed $(MODEL) db  ## Create what is missing: environments, model, database
+
+$(MODEL): $(RASA_VENV)/.installed $(TRAINING_FILES)
+	@echo "Training the Rasa model (only when data, domain or config changed)..."
+	@start=$$(date +%s); \
+	$(RASA) train --domain domain --data data --config config.yml --out models --fixed-model-name mydsp --quiet \
+	  && echo "Model trained in $$(( $$(date +%s) - start )) s"
+
+model: $(MODEL)  ## Train the Rasa model if data, domain or config changed
+
+db: $(VENV)/.installed  ## Create the DSP database with demo data (idempotent)
+	@$(VENV)/bin/dsp init-db && $(VENV)/bin/dsp seed-demo
+
+run: setup  ## Start everything and chat in the terminal (Ctrl-C stops)
+	@$(VENV)/bin/python -m bot.launcher run
+
+serve: setup  ## Start action server, Rasa server and gateway in the foreground
+	@$(VENV)/bin/python -m bot.launcher serve
+
+validate: $(RASA_VENV)/.installed  ## rasa data validate, failing on any warning
+	$(RASA) data validate --domain domain --data data --config config.yml --fail-on-warnings
+
+lint: $(VENV)/.installed  ## ruff
+	$(VENV)/bin/ruff check .
+
+test: setup validate  ## Set up what is missing, then run every test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python scripts/gen_form_rules.py --check || { echo "data/rules/forms.yml is stale: run python scripts/gen_form_rules.py"; exit 1; }
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+clean-state:  ## Delete all runtime state (var/): databases, logs, keys
+	rm -rf var

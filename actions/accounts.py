@@ -1,0 +1,441 @@
+"""Account tasks: activation, login, password reset, PIN (guide: Activation, Première connexion,
+Mot de passe oublié). Each validator calls one domain service and answers with named responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rasa_sdk import Action, FormValidationAction, Tracker
+from rasa_sdk.events import EventType
+from rasa_sdk.executor import CollectingDispatcher
+from rasa_sdk.types import DomainDict
+
+from actions.common import (
+    ACTIVATION_CODE_REF,
+    CONTACT_ADDRESS_REF,
+    CONTACT_CHANNEL,
+    EMAIL_REF,
+    MATRICULE_REF,
+    NEW_PASSWORD_REF,
+    OTP_REF,
+    PASSWORD_CONFIRM_REF,
+    PASSWORD_REF,
+    PIN_CONFIRM_REF,
+    PIN_REF,
+    RESET_TOKEN_REF,
+    TASK_ABORTED,
+    ServiceFailure,
+    call_service,
+    clear_task_slots,
+    language_of,
+    utter_error,
+)
+from bot.dsp import DspError, accounts, vault
+
+Result = dict[str, Any]
+
+
+class TaskFormValidation(FormValidationAction):
+    """Base of the task forms: a validator may abort the task by setting `task_aborted`."""
+
+    def name(self) -> str:  # pragma: no cover - abstract
+        """Return the action name; concrete subclasses override it."""
+        raise NotImplementedError
+
+    async def required_slots(
+        self, domain_slots: list[str], dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[str]:
+        """Return no slot once the task is aborted, so the form ends; else the domain's slots."""
+        if tracker.get_slot(TASK_ABORTED):
+            return []
+        return domain_slots
+
+    async def check(
+        self, dispatcher: CollectingDispatcher, slot: str, value: Any, service: Any, *args: Any,
+        retry: dict[str, tuple[str, ...]] | None = None, **kwargs: Any,
+    ) -> tuple[Result, Any]:
+        """Run `service`; on a refusal, answer it and return the slots to ask again.
+
+        Args:
+            dispatcher: where replies go.
+            slot: the slot being validated; cleared on refusal.
+            value: its value (kept on success).
+            service: domain function, called as `service(uow, *args, **kwargs)`.
+            retry: error code -> further slots to clear (ask again) for that refusal; a code
+                mapped to `("__abort__",)` ends the task.
+
+        Returns:
+            (slot values to set, the service's result or None on refusal).
+        """
+        try:
+            result = await call_service(service, *args, **kwargs)
+        except (DspError, ServiceFailure) as error:
+            utter_error(dispatcher, error)
+            code = getattr(error, "code", "internal")
+            extra = (retry or {}).get(code, ())
+            if "__abort__" in extra or code == "internal" or isinstance(error, ServiceFailure):
+                return {slot: None, TASK_ABORTED: True}, None
+            return {slot: None, **{name: None for name in extra}}, None
+        return {slot: value}, result
+
+
+ABORT = ("__abort__",)
+
+
+class ValidateActivationForm(TaskFormValidation):
+    """Validate the activation form: matricule, letter code, password, contact, one-time code."""
+
+    def name(self) -> str:
+        """Return the action name."""
+        return "validate_activation_form"
+
+    async def validate_matricule_ref(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Check the matricule's form (13 digits, date, Luhn and Verhoeff digits)."""
+        slots, _ = await self.check(dispatcher, MATRICULE_REF, value, accounts.check_matricule, tracker.sender_id,
+                                    value)
+        return slots
+
+    async def validate_activation_code_ref(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Check the letter's activation code against the matricule."""
+        slots, _ = await self.check(
+            dispatcher, ACTIVATION_CODE_REF, value, accounts.verify_activation_code, tracker.sender_id,
+            tracker.get_slot(MATRICULE_REF), value,
+            retry={"activation_locked": ABORT, "account_already_active": ABORT, "input_expired": (MATRICULE_REF,)},
+        )
+        return slots
+
+    async def validate_new_password_ref(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Check the new password against the policy."""
+        slots, _ = await self.check(dispatcher, NEW_PASSWORD_REF, value, accounts.check_new_password,
+                                    tracker.sender_id, value, tracker.get_slot(MATRICULE_REF))
+        return slots
+
+    async def validate_password_confirm_ref(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Check that the confirmation matches; on a mismatch ask the password again."""
+        slots, _ = await self.check(
+            dispatcher, PASSWORD_CONFIRM_REF, value, accounts.confirm_password, tracker.sender_id,
+            tracker.get_slot(NEW_PASSWORD_REF), value,
+            retry={"password_mismatch": (NEW_PASSWORD_REF,), "input_expired": (NEW_PASSWORD_REF,)},
+        )
+        return slots
+
+    async def validate_contact_address_ref(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Check the address, then start the activation: a one-time code is sent there."""
+        slots, _ = await self.check(dispatcher, CONTACT_ADDRESS_REF, value, accounts.check_contact,
+                                    tracker.sender_id, tracker.get_slot(CONTACT_CHANNEL), value)
+        if slots[CONTACT_ADDRESS_REF] is None:
+            return slots
+        slots, masked = await self.check(
+            dispatcher, CONTACT_ADDRESS_REF, value, accounts.begin_activation, tracker.sender_id,
+            matricule_ref=tracker.get_slot(MATRICULE_REF), code_ref=tracker.get_slot(ACTIVATION_CODE_REF),
+            password_ref=tracker.get_slot(NEW_PASSWORD_REF), channel=tracker.get_slot(CONTACT_CHANNEL),
+            address_ref=value, language=language_of(tracker),
+            retry={"activation_locked": ABORT, "account_already_active": ABORT, "input_expired": ABORT},
+        )
+        if masked:
+            dispatcher.utter_message(response="utter_code_sent", masked_address=masked)
+        return slots
+
+    async def validate_otp_ref(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Check the one-time code; a right one activates the account."""
+        slots, _ = await self.check(
+            dispatcher, OTP_REF, value, accounts.complete_activation, tracker.sender_id,
+            matricule_ref=tracker.get_slot(MATRICULE_REF), otp_ref=value,
+            retry={"account_already_active": ABORT, "activation_locked": ABORT},
+        )
+        return slots
+
+
+class ValidateLoginForm(TaskFormValidation):
+    """Validate the login form: matricule, password, one-time code (guide: Première connexion)."""
+
+    def name(self) -> str:
+        """Return the action name."""
+        return "validate_login_form"
+
+    async def validate_matricule_ref(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Check the matricule's form."""
+        slots, _ = await self.check(dispatcher, MATRICULE_REF, value, accounts.check_matricule, tracker.sender_id,
+                                    value)
+        return slots
+
+    async def validate_password_ref(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Check matricule + password; a right pair sends the one-time code."""
+        slots, masked = await self.check(
+            dispatcher, PASSWORD_REF, value, accounts.begin_login, tracker.sender_id,
+            matricule_ref=tracker.get_slot(MATRICULE_REF), password_ref=value, language=language_of(tracker),
+            retry={"credentials_wrong": (MATRICULE_REF,), "input_expired": (MATRICULE_REF,),
+                   "account_not_active": ABORT, "account_locked": ABORT, "login_delay": ABORT},
+        )
+        if masked:
+            dispatcher.utter_message(response="utter_code_sent", masked_address=masked)
+        return slots
+
+    async def validate_otp_ref(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Check the one-time code; a right one opens a session for this conversation."""
+        slots, _ = await self.check(
+            dispatcher, OTP_REF, value, accounts.complete_login, tracker.sender_id,
+            matricule_ref=tracker.get_slot(MATRICULE_REF), otp_ref=value,
+            retry={"account_locked": ABORT, "login_delay": ABORT, "input_expired": ABORT},
+        )
+        return slots
+
+
+class ValidateResetForm(TaskFormValidation):
+    """Validate the password-reset form (guide: Mot de passe oublié)."""
+
+    def name(self) -> str:
+        """Return the action name."""
+        return "validate_reset_form"
+
+    async def validate_matricule_ref(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Check the matricule's form."""
+        slots, _ = await self.check(dispatcher, MATRICULE_REF, value, accounts.check_matricule, tracker.sender_id,
+                                    value)
+        return slots
+
+    async def validate_email_ref(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Ask for the reset e-mail; the reply is the same whether or not an account matches."""
+        slots, _ = await self.check(
+            dispatcher, EMAIL_REF, value, accounts.request_password_reset, tracker.sender_id,
+            matricule_ref=tracker.get_slot(MATRICULE_REF), email_ref=value, language=language_of(tracker),
+            retry={"input_expired": (MATRICULE_REF,)},
+        )
+        if slots[EMAIL_REF] is not None:
+            dispatcher.utter_message(response="utter_reset_requested")
+        return slots
+
+    async def validate_reset_token_ref(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Check the pasted link or code before asking the new password."""
+        slots, _ = await self.check(dispatcher, RESET_TOKEN_REF, value, accounts.check_reset_token,
+                                    tracker.sender_id, value)
+        return slots
+
+    async def validate_new_password_ref(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Check the new password against the policy."""
+        slots, _ = await self.check(dispatcher, NEW_PASSWORD_REF, value, accounts.check_new_password,
+                                    tracker.sender_id, value, tracker.get_slot(MATRICULE_REF))
+        return slots
+
+    async def validate_password_confirm_ref(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Check the confirmation, then set the new password with the reset token."""
+        slots, _ = await self.check(
+            dispatcher, PASSWORD_CONFIRM_REF, value, accounts.confirm_password, tracker.sender_id,
+            tracker.get_slot(NEW_PASSWORD_REF), value,
+            retry={"password_mismatch": (NEW_PASSWORD_REF,), "input_expired": (NEW_PASSWORD_REF,)},
+        )
+        if slots[PASSWORD_CONFIRM_REF] is None:
+            return slots
+        slots, _ = await self.check(
+            dispatcher, PASSWORD_CONFIRM_REF, value, accounts.complete_password_reset, tracker.sender_id,
+            token_ref=tracker.get_slot(RESET_TOKEN_REF), password_ref=tracker.get_slot(NEW_PASSWORD_REF),
+            retry={"reset_token_invalid": ABORT, "input_expired": ABORT},
+        )
+        return slots
+
+
+class ValidatePinForm(TaskFormValidation):
+    """Validate the PIN form (guide: Première connexion, code PIN)."""
+
+    def name(self) -> str:
+        """Return the action name."""
+        return "validate_pin_form"
+
+    async def required_slots(
+        self, domain_slots: list[str], dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[str]:
+        """Ask nothing when no one is logged in in this conversation (the done action says so)."""
+        session = await call_service(accounts.current_session, tracker.sender_id)
+        if session is None:
+            return []
+        return await super().required_slots(domain_slots, dispatcher, tracker, domain)
+
+    async def validate_pin_confirm_ref(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Set the PIN once confirmed; on a refusal ask both again."""
+        slots, _ = await self.check(
+            dispatcher, PIN_CONFIRM_REF, value, accounts.set_pin, tracker.sender_id,
+            pin_ref=tracker.get_slot(PIN_REF), confirm_ref=value,
+            retry={"pin_format": (PIN_REF,), "pin_weak": (PIN_REF,), "pin_mismatch": (PIN_REF,),
+                   "input_expired": (PIN_REF,), "not_logged_in": ABORT},
+        )
+        return slots
+
+
+async def end_task(tracker: Tracker) -> list[EventType]:
+    """Forget the task's slots and the conversation's protected values."""
+    try:
+        await call_service(vault.discard, tracker.sender_id)
+    except (DspError, ServiceFailure):
+        pass  # expired values are purged by the vault itself
+    return clear_task_slots()
+
+
+class ActionActivationDone(Action):
+    """Close the activation task."""
+
+    def name(self) -> str:
+        """Return the action name."""
+        return "action_activation_done"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
+        """Confirm the activation unless the task was aborted (its error was already said)."""
+        dispatcher.utter_message(
+            response="utter_anything_else" if tracker.get_slot(TASK_ABORTED) else "utter_activation_done"
+        )
+        return await end_task(tracker)
+
+
+class ActionLoginDone(Action):
+    """Close the login task: terms of use first, then the PIN offer."""
+
+    def name(self) -> str:
+        """Return the action name."""
+        return "action_login_done"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
+        """Ask for the terms of use, or say the record is open and offer a PIN."""
+        events = await end_task(tracker)
+        if tracker.get_slot(TASK_ABORTED):
+            dispatcher.utter_message(response="utter_anything_else")
+            return events
+        session = await call_service(accounts.current_session, tracker.sender_id)
+        if session is None:
+            dispatcher.utter_message(response="utter_err_not_logged_in")
+        elif session.needs_terms:
+            dispatcher.utter_message(response="utter_ask_terms")
+        else:
+            dispatcher.utter_message(response="utter_logged_in")
+            dispatcher.utter_message(response="utter_offer_pin")
+        return events
+
+
+class ActionResetDone(Action):
+    """Close the password-reset task."""
+
+    def name(self) -> str:
+        """Return the action name."""
+        return "action_reset_done"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
+        """Confirm the new password unless the task was aborted."""
+        dispatcher.utter_message(
+            response="utter_anything_else" if tracker.get_slot(TASK_ABORTED) else "utter_password_reset_done"
+        )
+        return await end_task(tracker)
+
+
+class ActionPinDone(Action):
+    """Close the PIN task."""
+
+    def name(self) -> str:
+        """Return the action name."""
+        return "action_pin_done"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
+        """Confirm the PIN, or say that a login comes first."""
+        if tracker.get_slot(PIN_CONFIRM_REF) and not tracker.get_slot(TASK_ABORTED):
+            dispatcher.utter_message(response="utter_pin_set")
+        elif not tracker.get_slot(TASK_ABORTED):
+            dispatcher.utter_message(response="utter_not_logged_in")
+        return await end_task(tracker)
+
+
+class ActionAcceptTerms(Action):
+    """Record the acceptance of the terms of use (CGU) and open the record."""
+
+    def name(self) -> str:
+        """Return the action name."""
+        return "action_accept_terms"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
+        """Accept the terms for the logged-in patient, then offer a PIN."""
+        try:
+            await call_service(accounts.accept_terms, tracker.sender_id)
+        except (DspError, ServiceFailure) as error:
+            utter_error(dispatcher, error)
+            return []
+        dispatcher.utter_message(response="utter_logged_in")
+        dispatcher.utter_message(response="utter_offer_pin")
+        return []
+
+
+class ActionRefuseTerms(Action):
+    """Refusing the terms of use closes the session: the record cannot open without them."""
+
+    def name(self) -> str:
+        """Return the action name."""
+        return "action_refuse_terms"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
+        """Log out and explain why."""
+        await call_service(accounts.log_out, tracker.sender_id)
+        dispatcher.utter_message(response="utter_terms_refused")
+        return []
+
+
+class ActionLogOut(Action):
+    """End the session of this conversation."""
+
+    def name(self) -> str:
+        """Return the action name."""
+        return "action_log_out"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
+        """Log out, or say nobody was logged in."""
+        ended = await call_service(accounts.log_out, tracker.sender_id)
+        dispatcher.utter_message(response="utter_logged_out" if ended else "utter_not_logged_in")
+        return []
+
+
+class ActionResendCode(Action):
+    """Send a new one-time code for the task in progress."""
+
+    def name(self) -> str:
+        """Return the action name."""
+        return "action_resend_code"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
+        """Resend for the activation or login form once the code was first sent; else explain."""
+        purpose = {"activation_form": "activation", "login_form": "login"}.get(tracker.active_loop_name or "")
+        if purpose is None or tracker.get_slot("requested_slot") != "otp_ref":
+            dispatcher.utter_message(response="utter_anything_else")
+            return []
+        try:
+            masked = await call_service(accounts.resend_code, tracker.sender_id,
+                                        matricule_ref=tracker.get_slot(MATRICULE_REF), purpose=purpose,
+                                        language=language_of(tracker))
+        except (DspError, ServiceFailure) as error:
+            utter_error(dispatcher, error)
+            return []
+        dispatcher.utter_message(response="utter_new_code_sent", masked_address=masked)
+        return []

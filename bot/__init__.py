@@ -1,0 +1,1 @@
+"""MyDSP Assistant application package: DSP domain layer, gateway, front ends, launcher."""

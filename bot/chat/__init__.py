@@ -1,0 +1,1 @@
+"""Front ends that are clients of the gateway."""

@@ -1,0 +1,131 @@
+"""Terminal chat: a client of the gateway for `make run`.
+
+Buttons are shown as numbered choices (type the number), protected inputs are read without
+echo (getpass), and the messages the demo "sends" by SMS or e-mail are printed from the outbox.
+Ctrl-D or Ctrl-C leaves.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import textwrap
+import uuid
+from typing import Any
+
+import httpx
+
+from bot.gateway.settings import secret_file
+
+PROMPTS = {
+    "fr": {"you": "vous", "private": "(saisie privée, rien ne s'affiche)", "choice": "Tapez le numéro ou écrivez.",
+           "sent": "envoyé à", "bye": "Au revoir.", "error": "Le service ne répond pas"},
+    "de": {"you": "Sie", "private": "(private Eingabe, nichts wird angezeigt)",
+           "choice": "Nummer eingeben oder schreiben.", "sent": "gesendet an", "bye": "Auf Wiedersehen.",
+           "error": "Der Dienst antwortet nicht"},
+    "en": {"you": "you", "private": "(private entry, nothing is shown)", "choice": "Type the number or write.",
+           "sent": "sent to", "bye": "Goodbye.", "error": "The service does not answer"},
+}
+KIND_LABELS = {
+    "matricule": "Matricule", "activation_code": "Code d'activation / Aktivierungscode / Activation code",
+    "password": "Mot de passe / Passwort / Password", "password_confirm": "Confirmation",
+    "email": "E-mail", "phone": "Mobile", "otp": "Code", "reset_token": "Lien ou code / Link oder Code / Link or code",
+    "pin": "PIN", "pin_confirm": "PIN (confirmation)",
+}
+
+
+class OutboxWatcher:
+    """Prints the SMS and e-mails that the embedded notifier wrote since the last look."""
+
+    def __init__(self) -> None:
+        self.last_id = self._latest_id()
+
+    @staticmethod
+    def _latest_id() -> int:
+        from bot.dsp.notify import outbox_since
+        from bot.dsp.uow import UnitOfWork
+
+        with UnitOfWork() as uow:
+            messages = outbox_since(uow, 0)
+        return messages[-1].id if messages else 0
+
+    def show_new(self, words: dict[str, str]) -> None:
+        """Print the messages sent since the last call."""
+        from bot.dsp.notify import mask_address, outbox_since
+        from bot.dsp.uow import UnitOfWork
+
+        with UnitOfWork() as uow:
+            messages = outbox_since(uow, self.last_id)
+        for message in messages:
+            self.last_id = message.id
+            label = "SMS" if message.channel == "sms" else "E-mail"
+            print(f"\n  ┌─ [{label} {words['sent']} {mask_address(message.channel, message.to_address)}]")
+            for line in message.body.splitlines():
+                print(f"  │ {line}")
+            print("  └─")
+
+
+def api_key() -> str:
+    """Return the gateway key: GATEWAY_API_KEY, else the one generated in the state directory."""
+    return os.environ.get("GATEWAY_API_KEY") or secret_file("gateway-api-key")
+
+
+def show(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+    """Print the assistant's messages; return the offered buttons and the pending protected kind."""
+    buttons: list[dict[str, Any]] = []
+    pending = None
+    for message in messages:
+        if message.get("text"):
+            for paragraph in str(message["text"]).split("\n"):
+                print(textwrap.fill(paragraph, width=90, initial_indent="  ", subsequent_indent="  ")
+                      if paragraph else "")
+        if message.get("image"):
+            print(f"  [image] {message['image']}")
+        if message.get("buttons"):
+            buttons = message["buttons"]
+        if message.get("protected_input"):
+            pending = message["protected_input"].get("kind")
+    for number, button in enumerate(buttons, start=1):
+        print(f"   {number}. {button['title']}")
+    return buttons, pending
+
+
+def chat(gateway_url: str, language: str | None = None) -> None:
+    """Run the interactive chat until Ctrl-D / Ctrl-C."""
+    conversation = "term-" + uuid.uuid4().hex[:12]
+    headers = {"Authorization": f"Bearer {api_key()}"}
+    base = f"{gateway_url}/v1/conversations/{conversation}"
+    outbox = OutboxWatcher()
+    lang = language or os.environ.get("DSP_DEFAULT_LANGUAGE", "fr")
+    words = PROMPTS.get(lang, PROMPTS["fr"])
+    buttons: list[dict[str, Any]] = []
+    pending: str | None = None
+    print("\nMyDSP Assistant — français, Deutsch, English. "
+          "Écrivez « bonjour » / Schreiben Sie „Hallo“ / Type \"hello\".\n")
+    with httpx.Client(timeout=120, headers=headers) as client:
+        while True:
+            try:
+                if pending:
+                    label = KIND_LABELS.get(pending, pending)
+                    value = getpass.getpass(f"{label} {words['private']}: ")
+                    response = client.post(f"{base}/protected", json={"value": value})
+                else:
+                    text = input(f"{words['you']}> ").strip()
+                    if not text:
+                        continue
+                    if text.isdigit() and buttons and 1 <= int(text) <= len(buttons):
+                        response = client.post(f"{base}/messages", json={"payload": buttons[int(text) - 1]["payload"]})
+                    else:
+                        body: dict[str, Any] = {"text": text}
+                        if language:
+                            body["language"] = language
+                        response = client.post(f"{base}/messages", json=body)
+            except (EOFError, KeyboardInterrupt):
+                print(f"\n{words['bye']}")
+                return
+            except httpx.HTTPError as exc:
+                print(f"  {words['error']} ({type(exc).__name__}).")
+                continue
+            data = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+            buttons, pending = show(data.get("messages", []))
+            outbox.show_new(words)

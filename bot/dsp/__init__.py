@@ -1,0 +1,118 @@
+"""DSP domain layer: the shared care record platform behind MyDSP Assistant.
+
+Every service takes a :class:`~bot.dsp.uow.UnitOfWork` first; errors are
+:class:`~bot.dsp.errors.DspError` with a stable ``code`` and safe ``params``.
+"""
+
+from bot.dsp import audit, vault
+from bot.dsp.accounts import (
+    Letter,
+    LoginResult,
+    SessionInfo,
+    accept_terms,
+    begin_activation,
+    begin_login,
+    check_contact,
+    check_matricule,
+    check_new_password,
+    complete_activation,
+    complete_login,
+    check_reset_token,
+    complete_password_reset,
+    confirm_password,
+    current_session,
+    issue_letter,
+    log_in_with_pin,
+    log_out,
+    normalize_email,
+    normalize_phone,
+    request_password_reset,
+    resend_code,
+    set_pin,
+    verify_activation_code,
+)
+from bot.dsp.db import Base, get_engine, get_sessionmaker, init_db, reset_engine
+from bot.dsp.demo import DEMO_PASSWORD, DEMO_PATIENTS, seed_demo
+from bot.dsp.errors import (
+    ActivationError,
+    AuthError,
+    CodeRejected,
+    ContactInvalid,
+    DspError,
+    MatriculeInvalid,
+    PasswordRejected,
+    PinError,
+    ResetTokenInvalid,
+    VaultMiss,
+)
+from bot.dsp.matricule import generate_matricule, normalize_matricule
+from bot.dsp.notify import Notifier, OutboxNotifier, SmtpNotifier, get_notifier, mask_address, outbox_since
+from bot.dsp.passwords import check_password_policy, hash_password, verify_password
+from bot.dsp.settings import HELPDESK_PHONE, Settings, get_settings
+from bot.dsp.uow import UnitOfWork
+from bot.dsp.vault import discard, put, reveal
+
+__all__ = [
+    "DEMO_PASSWORD",
+    "DEMO_PATIENTS",
+    "HELPDESK_PHONE",
+    "ActivationError",
+    "AuthError",
+    "Base",
+    "CodeRejected",
+    "ContactInvalid",
+    "DspError",
+    "Letter",
+    "LoginResult",
+    "MatriculeInvalid",
+    "Notifier",
+    "OutboxNotifier",
+    "PasswordRejected",
+    "PinError",
+    "ResetTokenInvalid",
+    "SessionInfo",
+    "Settings",
+    "SmtpNotifier",
+    "UnitOfWork",
+    "VaultMiss",
+    "accept_terms",
+    "audit",
+    "begin_activation",
+    "begin_login",
+    "check_contact",
+    "check_matricule",
+    "check_new_password",
+    "check_password_policy",
+    "complete_activation",
+    "complete_login",
+    "check_reset_token",
+    "complete_password_reset",
+    "confirm_password",
+    "current_session",
+    "discard",
+    "generate_matricule",
+    "get_engine",
+    "get_notifier",
+    "get_sessionmaker",
+    "get_settings",
+    "hash_password",
+    "init_db",
+    "issue_letter",
+    "log_in_with_pin",
+    "log_out",
+    "mask_address",
+    "outbox_since",
+    "normalize_email",
+    "normalize_matricule",
+    "normalize_phone",
+    "put",
+    "request_password_reset",
+    "resend_code",
+    "reset_engine",
+    "reveal",
+    "seed_demo",
+    "set_pin",
+    "vault",
+    "verify_activation_code",
+    "verify_password",
+]

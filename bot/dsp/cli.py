@@ -1,0 +1,149 @@
+"""Command line ``dsp``: database set-up, demo data, letters, outbox and audit (JSON on stdout)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from bot.dsp.accounts import issue_letter, normalize_email, normalize_phone
+from bot.dsp.db import init_db
+from bot.dsp.demo import seed_demo
+from bot.dsp.errors import DspError
+from bot.dsp.orm import AuditEvent, OutboxMessage
+from bot.dsp.uow import UnitOfWork
+
+
+def _iso(value: datetime) -> str:
+    return value.replace(tzinfo=UTC).isoformat()
+
+
+def _message_json(row: OutboxMessage) -> dict[str, Any]:
+    return {
+        "body": row.body,
+        "subject": row.subject,
+        "channel": row.channel,
+        "to": row.to_address,
+        "sent_at": _iso(row.created_at),
+    }
+
+
+def _addresses(raw: str) -> set[str]:
+    candidates = {raw.strip()}
+    for normalize in (normalize_email, normalize_phone):
+        try:
+            candidates.add(normalize(raw))
+        except DspError:
+            pass
+    return candidates
+
+
+def _cmd_init_db(_args: argparse.Namespace) -> int:
+    init_db()
+    return 0
+
+
+def _cmd_seed_demo(_args: argparse.Namespace) -> int:
+    with UnitOfWork() as uow:
+        seed_demo(uow)
+    return 0
+
+
+def _cmd_issue_letter(args: argparse.Namespace) -> int:
+    with UnitOfWork() as uow:
+        letter = issue_letter(
+            uow, email=args.email, phone=args.phone, given_name=args.given_name, family_name=args.family_name
+        )
+    print(json.dumps({"matricule": letter.matricule, "activation_code": letter.activation_code}))
+    return 0
+
+
+def _cmd_outbox(args: argparse.Namespace) -> int:
+    with UnitOfWork() as uow:
+        rows = [
+            _message_json(row)
+            for row in uow.session.scalars(
+                select(OutboxMessage)
+                .where(func.lower(OutboxMessage.to_address).in_({a.lower() for a in _addresses(args.to)}))
+                .order_by(OutboxMessage.id)
+            )
+        ]
+    if not rows:
+        print("dsp outbox: no message for that address", file=sys.stderr)
+        return 1
+    if args.last:
+        print(json.dumps(rows[-1], ensure_ascii=False))
+    else:
+        print(json.dumps(rows, ensure_ascii=False))
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    with UnitOfWork() as uow:
+        rows = list(uow.session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(args.last)))
+        lines = [
+            json.dumps(
+                {
+                    "id": row.id,
+                    "at": _iso(row.at),
+                    "actor": row.actor,
+                    "on_behalf_of": row.on_behalf_of,
+                    "patient_id": row.patient_id,
+                    "action": row.action,
+                    "outcome": row.outcome,
+                    "detail": row.detail,
+                },
+                ensure_ascii=False,
+            )
+            for row in reversed(rows)
+        ]
+    for line in lines:
+        print(line)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of ``dsp``."""
+    parser = argparse.ArgumentParser(prog="dsp", description="DSP domain layer tools (embedded setup).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("init-db", help="create the tables").set_defaults(func=_cmd_init_db)
+    sub.add_parser("seed-demo", help="insert demo professionals and patients").set_defaults(
+        func=_cmd_seed_demo
+    )
+    letter = sub.add_parser("issue-letter", help="create a patient with an activation letter")
+    letter.add_argument("--email")
+    letter.add_argument("--phone")
+    letter.add_argument("--given-name")
+    letter.add_argument("--family-name")
+    letter.set_defaults(func=_cmd_issue_letter)
+    outbox = sub.add_parser("outbox", help="show messages sent to an address")
+    outbox.add_argument("--to", required=True, help="e-mail address or phone number")
+    outbox.add_argument("--last", action="store_true", help="only the last message")
+    outbox.set_defaults(func=_cmd_outbox)
+    audit = sub.add_parser("audit", help="show the last audit events as JSON lines")
+    audit.add_argument("--last", type=int, default=20)
+    audit.set_defaults(func=_cmd_audit)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``dsp`` command line.
+
+    Returns:
+        The exit status (0 on success, 1 when nothing was found or an input was refused).
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except DspError as error:
+        print(f"dsp: refused: {error.code}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

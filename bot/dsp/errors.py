@@ -1,0 +1,69 @@
+"""Errors of the DSP domain layer.
+
+Each error carries a stable ``code`` (the action layer answers with ``utter_err_<code>``) and
+``params`` that are safe to show to the user. Neither ever contains a secret or a personal value.
+"""
+
+from __future__ import annotations
+
+
+class DspError(Exception):
+    """Base error: ``str(error) == error.code``.
+
+    Attributes:
+        code: Stable snake_case code, e.g. ``"otp_wrong"``.
+        params: Values safe to show, e.g. ``{"tries_left": 3}``.
+    """
+
+    def __init__(self, code: str, **params: int | str) -> None:
+        super().__init__(code)
+        self.code = code
+        self.params: dict[str, int | str] = dict(params)
+
+    def __str__(self) -> str:
+        return self.code
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.code!r}, {self.params!r})"
+
+
+class MatriculeInvalid(DspError):
+    """The matricule is malformed (codes ``matricule_*``)."""
+
+
+class ActivationError(DspError):
+    """Activation refused (``activation_code_wrong``, ``activation_locked``, ``account_already_active``)."""
+
+
+class PasswordRejected(DspError):
+    """A new password breaks the policy (``password_*``)."""
+
+
+class ContactInvalid(DspError):
+    """An e-mail address or phone number is refused (``contact_invalid_*``)."""
+
+
+class CodeRejected(DspError):
+    """A one-time code is refused (``otp_wrong``, ``otp_expired``, ``otp_exhausted``)."""
+
+
+class AuthError(DspError):
+    """Authentication refused (``credentials_wrong``, ``account_*``, ``login_delay``, ``not_logged_in``)."""
+
+
+class VaultMiss(DspError):
+    """A protected-input reference is unknown, expired or from another conversation (``input_expired``)."""
+
+    def __init__(self) -> None:
+        super().__init__("input_expired")
+
+
+class ResetTokenInvalid(DspError):
+    """A password-reset token is unknown, expired or used (``reset_token_invalid``)."""
+
+    def __init__(self) -> None:
+        super().__init__("reset_token_invalid")
+
+
+class PinError(DspError):
+    """A PIN is refused (``pin_*``)."""

@@ -1,0 +1,216 @@
+"""ORM classes of the DSP domain layer (SQLAlchemy 2 typed declarative mapping).
+
+Secrets are never stored in clear: activation codes, one-time codes and reset tokens as
+HMAC-SHA256 with the pepper, passwords and PINs as Argon2id, vault values Fernet-encrypted.
+``audit_events`` is append-only: SQLite triggers abort UPDATE/DELETE and an ORM guard refuses them.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import DDL, Boolean, Date, DateTime, ForeignKey, Integer, LargeBinary, String, Text, event
+from sqlalchemy.orm import Mapped, Mapper, mapped_column, relationship
+
+from bot.dsp import clock
+from bot.dsp.db import Base
+
+
+def fold(text: str) -> str:
+    """Fold text for searching: strip accents, lower-case, collapse spaces ("Lefèvre" -> "lefevre")."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return " ".join(plain.casefold().split())
+
+
+class Patient(Base):
+    """A record holder (titulaire), identified by the 13-digit matricule."""
+
+    __tablename__ = "patients"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    matricule: Mapped[str] = mapped_column(String(13), unique=True)
+    given_name: Mapped[str] = mapped_column(String(100), default="")
+    family_name: Mapped[str] = mapped_column(String(100), default="")
+    birth_date: Mapped[date] = mapped_column(Date)
+    email: Mapped[str | None] = mapped_column(String(320))
+    phone: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)
+
+    account: Mapped[Account | None] = relationship(back_populates="patient", uselist=False)
+
+
+class Account(Base):
+    """The eSanté account of a patient: ``issued`` (letter sent) then ``activated``."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default="issued")
+    activation_code_hash: Mapped[str] = mapped_column(String(64))
+    activation_failures: Mapped[int] = mapped_column(Integer, default=0)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    contact_channel: Mapped[str | None] = mapped_column(String(8))
+    pin_hash: Mapped[str | None] = mapped_column(String(255))
+    pin_conversation_id: Mapped[str | None] = mapped_column(String(255))
+    pin_failures: Mapped[int] = mapped_column(Integer, default=0)
+    terms_accepted_at: Mapped[datetime | None] = mapped_column(DateTime)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime)
+    permanently_locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    patient: Mapped[Patient] = relationship(back_populates="account")
+
+
+class ActivationProbe(Base):
+    """Failure counter for activation attempts on an unknown matricule (keyed by its HMAC).
+
+    Lets an unknown matricule answer exactly like a known one with a wrong code.
+    """
+
+    __tablename__ = "activation_probes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class PendingActivation(Base):
+    """Password hash and contact chosen during activation, waiting for the one-time code."""
+
+    __tablename__ = "pending_activations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    conversation_id: Mapped[str] = mapped_column(String(255))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    channel: Mapped[str] = mapped_column(String(8))
+    address: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)
+
+
+class OneTimeCode(Base):
+    """A 6-digit one-time code (stored hashed) for ``activation`` or ``login``."""
+
+    __tablename__ = "one_time_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    purpose: Mapped[str] = mapped_column(String(16))
+    code_hash: Mapped[str] = mapped_column(String(64))
+    conversation_id: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime)
+    superseded_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class LoginSession(Base):
+    """A login bound to one conversation (the chat "device")."""
+
+    __tablename__ = "login_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(String(255), index=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    method: Mapped[str] = mapped_column(String(16), default="password")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+    pending_terms: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ResetToken(Base):
+    """A single-use password-reset token (stored hashed)."""
+
+    __tablename__ = "reset_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class OutboxMessage(Base):
+    """An e-mail or SMS "sent" in the embedded setup (read with ``dsp outbox``)."""
+
+    __tablename__ = "outbox_messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(8))
+    to_address: Mapped[str] = mapped_column(String(320), index=True)
+    subject: Mapped[str] = mapped_column(String(255))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)
+
+
+class AuditEvent(Base):
+    """Append-only audit row: who, on whose behalf, which patient (internal id), what, outcome."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=clock.now, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    on_behalf_of: Mapped[str | None] = mapped_column(String(64))
+    patient_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    action: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class Professional(Base):
+    """A health professional of the directory (intervenant), with a folded search key."""
+
+    __tablename__ = "professionals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    family_name: Mapped[str] = mapped_column(String(100))
+    given_name: Mapped[str] = mapped_column(String(100))
+    profession: Mapped[str] = mapped_column(String(100))
+    specialty: Mapped[str | None] = mapped_column(String(100))
+    city: Mapped[str | None] = mapped_column(String(100))
+    search_key: Mapped[str] = mapped_column(String(400), index=True)
+
+
+class VaultEntry(Base):
+    """A protected input (Fernet ciphertext) bound to one conversation, with an expiry."""
+
+    __tablename__ = "vault_entries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ref: Mapped[str] = mapped_column(String(64), unique=True)
+    conversation_id: Mapped[str] = mapped_column(String(255), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+class AuditTamperingError(RuntimeError):
+    """Raised by the ORM guard when code tries to update or delete an audit row."""
+
+
+def _refuse_audit_change(_mapper: Mapper[Any], _connection: Any, _target: AuditEvent) -> None:
+    raise AuditTamperingError("audit_events is append-only")
+
+
+event.listen(AuditEvent, "before_update", _refuse_audit_change)
+event.listen(AuditEvent, "before_delete", _refuse_audit_change)
+
+for _op in ("UPDATE", "DELETE"):
+    event.listen(
+        AuditEvent.__table__,
+        "after_create",
+        DDL(
+            f"CREATE TRIGGER IF NOT EXISTS audit_events_no_{_op.lower()} BEFORE {_op} ON audit_events "
+            "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END"
+        ).execute_if(dialect="sqlite"),
+    )

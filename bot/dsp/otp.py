@@ -1,0 +1,120 @@
+"""One-time codes sent by e-mail or SMS (MyDSP quick guide: activation and first login).
+
+Generation: ``pyotp.HOTP(pyotp.random_base32(), digits=6).at(0)``, i.e. RFC 4226 truncation of
+an HMAC keyed with a fresh 160-bit random secret. The code is an out-of-band secret delivered
+to the user (NIST SP 800-63B 5.1.3), not a code computed on the user's device, so TOTP's shared
+clock would add nothing: the server enforces validity with ``expires_at`` instead.
+
+Rules: 6 digits; valid ``DSP_OTP_TTL_SECONDS`` (at most 600 s); stored only as HMAC-SHA256 with
+the pepper; single use; at most 5 wrong tries per code, then ``otp_exhausted`` (a new code is
+needed); issuing a new code supersedes the older unused ones of the same purpose.
+A replayed (already used) or superseded code answers ``otp_expired``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import pyotp
+from sqlalchemy import select, update
+
+from bot.dsp import clock
+from bot.dsp.errors import CodeRejected
+from bot.dsp.orm import Account, OneTimeCode
+from bot.dsp.security import keyed_hash, same_hash
+from bot.dsp.settings import get_settings
+
+if TYPE_CHECKING:
+    from bot.dsp.uow import UnitOfWork
+
+MAX_ATTEMPTS = 5
+PURPOSES = ("activation", "login")
+
+
+def _hash(account_id: int, purpose: str, code: str) -> str:
+    return keyed_hash(f"otp:{purpose}:{account_id}", code)
+
+
+def issue(uow: UnitOfWork, account: Account, purpose: str, conversation_id: str) -> str:
+    """Create a new one-time code (not committed) and return it in clear, to be sent.
+
+    Args:
+        uow: Unit of work.
+        account: The account it is for.
+        purpose: ``activation`` or ``login``.
+        conversation_id: The conversation that must present it.
+
+    Returns:
+        The 6-digit code.
+    """
+    if purpose not in PURPOSES:
+        raise ValueError("unknown purpose")
+    now = clock.now()
+    uow.session.execute(
+        update(OneTimeCode)
+        .where(
+            OneTimeCode.account_id == account.id,
+            OneTimeCode.purpose == purpose,
+            OneTimeCode.used_at.is_(None),
+            OneTimeCode.superseded_at.is_(None),
+        )
+        .values(superseded_at=now)
+    )
+    code = pyotp.HOTP(pyotp.random_base32(), digits=6).at(0)
+    uow.session.add(
+        OneTimeCode(
+            account_id=account.id,
+            purpose=purpose,
+            code_hash=_hash(account.id, purpose, code),
+            conversation_id=conversation_id,
+            created_at=now,
+            expires_at=now + timedelta(seconds=get_settings().otp_ttl_seconds),
+        )
+    )
+    return code
+
+
+def latest(uow: UnitOfWork, account: Account, purpose: str, conversation_id: str) -> OneTimeCode | None:
+    """Return the newest code of that purpose issued to that conversation, if any."""
+    return uow.session.scalars(
+        select(OneTimeCode)
+        .where(
+            OneTimeCode.account_id == account.id,
+            OneTimeCode.purpose == purpose,
+            OneTimeCode.conversation_id == conversation_id,
+        )
+        .order_by(OneTimeCode.id.desc())
+        .limit(1)
+    ).first()
+
+
+def verify(uow: UnitOfWork, account: Account, purpose: str, conversation_id: str, code: str) -> None:
+    """Check a code typed by the user; mark it used on success (not committed).
+
+    Args:
+        uow: Unit of work.
+        account: The account.
+        purpose: ``activation`` or ``login``.
+        conversation_id: The conversation presenting it (must be the one it was issued to).
+        code: The code as typed (spaces ignored).
+
+    Raises:
+        CodeRejected: ``otp_expired`` (none issued to this conversation, expired, superseded or
+            already used), ``otp_exhausted`` (5 wrong tries on this code), ``otp_wrong``
+            {tries_left}. The caller must commit before propagating, to keep the try count.
+    """
+    row = latest(uow, account, purpose, conversation_id)
+    now = clock.now()
+    if row is None or row.used_at is not None or row.superseded_at is not None or row.expires_at <= now:
+        raise CodeRejected("otp_expired")
+    if row.attempts >= MAX_ATTEMPTS:
+        raise CodeRejected("otp_exhausted")
+    typed = "".join((code or "").split())
+    if typed.isascii() and typed.isdigit() and same_hash(row.code_hash, _hash(account.id, purpose, typed)):
+        row.used_at = now
+        return
+    row.attempts += 1
+    if row.attempts >= MAX_ATTEMPTS:
+        raise CodeRejected("otp_exhausted")
+    raise CodeRejected("otp_wrong", tries_left=MAX_ATTEMPTS - row.attempts)

@@ -1,0 +1,1 @@
+"""The gateway: the one HTTP front door of every channel (see docs/design.md)."""

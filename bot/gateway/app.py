@@ -1,0 +1,279 @@
+"""FastAPI gateway: the front door of every channel (contract of the foundation issue).
+
+Endpoints (bearer key required except for /health and the OpenAPI spec):
+    POST /v1/conversations/{conversation_id}/messages   {"text", "language"?} or {"payload"}
+    POST /v1/conversations/{conversation_id}/protected  {"value"}
+    GET  /health                                        200 when Rasa's model and the actions are up
+Replies: {"messages": [{"text", "buttons": [{"title", "payload"}], "image", "protected_input"}]}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections import defaultdict
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, AsyncIterator
+
+import httpx
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from bot.dsp import vault
+from bot.dsp.uow import UnitOfWork
+from bot.gateway import language as lang
+from bot.gateway import messages, redact, store
+from bot.gateway.settings import get_settings
+
+logger = logging.getLogger("bot.gateway")
+
+CONVERSATION_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
+MAX_PROTECTED_CHARS = 512
+PROTECTED_INTENT = "provide_protected"
+SUPPORTED_LANGUAGES = ("fr", "de", "en")
+
+
+class Button(BaseModel):
+    """A choice offered to the user; send `payload` back to choose it."""
+
+    title: str
+    payload: str
+
+
+class ProtectedInput(BaseModel):
+    """The next answer is a secret: send it to the /protected endpoint, never as text."""
+
+    kind: str = Field(description="matricule, activation_code, password, password_confirm, email, phone, otp, "
+                                  "reset_token, pin, pin_confirm")
+
+
+class OutMessage(BaseModel):
+    """One message of the assistant, channel-neutral."""
+
+    text: str | None = None
+    buttons: list[Button] = Field(default_factory=list)
+    image: str | None = None
+    protected_input: ProtectedInput | None = None
+    custom: dict[str, Any] | None = None
+
+
+class Reply(BaseModel):
+    """What the assistant answers to one turn."""
+
+    messages: list[OutMessage]
+
+
+class MessageIn(BaseModel):
+    """A user's turn: free text (with an optional language) or the payload of an offered button."""
+
+    text: str | None = Field(default=None, max_length=10_000)
+    payload: str | None = Field(default=None, max_length=512)
+    language: str | None = Field(default=None, description="fr, de or en; else kept or detected")
+
+
+class ProtectedIn(BaseModel):
+    """The answer to a pending protected-input request."""
+
+    value: str = Field(max_length=10_000)
+
+
+bearer = HTTPBearer(auto_error=False)
+
+
+def require_key(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    """Accept only the configured bearer key.
+
+    Raises:
+        HTTPException: 401 without a key or with a wrong one.
+    """
+    expected = get_settings().api_key
+    if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a valid bearer key is required",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+ConversationId = Annotated[str, Path(pattern=CONVERSATION_ID)]
+
+
+class Gateway:
+    """State shared by the requests of one gateway process: the HTTP client and turn locks."""
+
+    def __init__(self) -> None:
+        self.client = httpx.AsyncClient(timeout=get_settings().rasa_timeout_s)
+        self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def rasa_turn(self, state: store.ConversationState, message: str) -> list[dict[str, Any]]:
+        """Send one message to Rasa's REST channel and return Rasa's raw messages.
+
+        Raises:
+            httpx.HTTPError: Rasa unreachable or failing.
+        """
+        settings = get_settings()
+        response = await self.client.post(
+            f"{settings.rasa_url}/webhooks/rest/webhook",
+            json={"sender": state.conversation_id, "message": message,
+                  "metadata": {"language": state.language}},
+        )
+        response.raise_for_status()
+        result = response.json()
+        return result if isinstance(result, list) else []
+
+    def to_reply(self, state: store.ConversationState, raw: list[dict[str, Any]]) -> Reply:
+        """Turn Rasa's messages into the contract's messages and update the conversation state."""
+        out: list[OutMessage] = []
+        state.pending_kind = None
+        for item in raw:
+            custom = item.get("custom")
+            if isinstance(custom, dict):
+                kind = (custom.get("protected_input") or {}).get("kind")
+                if kind:
+                    state.pending_kind = str(kind)
+                    if out:
+                        out[-1].protected_input = ProtectedInput(kind=state.pending_kind)
+                    else:
+                        out.append(OutMessage(protected_input=ProtectedInput(kind=state.pending_kind)))
+                    continue
+                if custom.get("set_language") in SUPPORTED_LANGUAGES:
+                    state.language = custom["set_language"]
+                    continue
+            buttons = [Button(title=str(b.get("title", "")), payload=str(b.get("payload", "")))
+                       for b in item.get("buttons") or [] if b.get("payload")]
+            state.offer([b.payload for b in buttons])
+            if item.get("text") or item.get("image") or buttons or custom:
+                out.append(OutMessage(text=item.get("text"), buttons=buttons, image=item.get("image"),
+                                      custom=custom if isinstance(custom, dict) else None))
+        if state.pending_kind and out and out[-1].protected_input is None:
+            out[-1].protected_input = ProtectedInput(kind=state.pending_kind)
+        return Reply(messages=out)
+
+    async def turn(self, state: store.ConversationState, message: str, notes: list[str]) -> Reply:
+        """Run one turn: Rasa, conversion, state saved; `notes` are gateway messages said first."""
+        try:
+            raw = await self.rasa_turn(state, message)
+        except httpx.HTTPError as exc:
+            logger.error("Rasa turn failed: %s", type(exc).__name__)
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                                messages.text("unavailable", state.language)) from None
+        reply = self.to_reply(state, raw)
+        await asyncio.to_thread(store.save, state)
+        reply.messages[:0] = [OutMessage(text=messages.text(note, state.language)) for note in notes]
+        return reply
+
+
+def choose_language(state: store.ConversationState, requested: str | None, text: str) -> None:
+    """Set the conversation's language: the client's choice, else a clear detection, else kept."""
+    if requested in SUPPORTED_LANGUAGES:
+        state.language = requested
+        return
+    detected = lang.detect(text) if text else None
+    if detected:
+        state.language = detected
+    elif state.language is None:
+        state.language = get_settings().default_language
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Create the tables, warm the language models, open the HTTP client."""
+    await asyncio.to_thread(store.create_tables)
+    await asyncio.to_thread(lang.warm_up)
+    app.state.gateway = Gateway()
+    yield
+    await app.state.gateway.client.aclose()
+
+
+app = FastAPI(title="MyDSP Assistant gateway", version="1.0.0", lifespan=lifespan,
+              description="The one front door of every channel of MyDSP Assistant.")
+
+
+def gateway_of(request: Request) -> Gateway:
+    """Return the process's Gateway."""
+    return request.app.state.gateway  # type: ignore[no-any-return]
+
+
+@app.exception_handler(Exception)
+async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """Answer any unexpected error without a stack trace or a value; log only its type."""
+    logger.error("unexpected %s on %s", type(exc).__name__, request.url.path)
+    return JSONResponse({"messages": [{"text": messages.text("unavailable", None)}]}, status_code=500)
+
+
+@app.exception_handler(HTTPException)
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Answer an HTTP error as a message list, so every client can show it."""
+    return JSONResponse({"detail": exc.detail, "messages": [{"text": str(exc.detail)}]},
+                        status_code=exc.status_code, headers=exc.headers)
+
+
+@app.post("/v1/conversations/{conversation_id}/messages", response_model=Reply,
+          dependencies=[Depends(require_key)], response_model_exclude_none=False)
+async def post_message(conversation_id: ConversationId, body: MessageIn, request: Request) -> Reply:
+    """Send the user's text, or the payload of a button the gateway offered, and get the replies."""
+    gateway = gateway_of(request)
+    async with gateway.locks[conversation_id]:
+        state = await asyncio.to_thread(store.load, conversation_id)
+        if body.payload is not None:
+            if body.language in SUPPORTED_LANGUAGES:
+                state.language = body.language
+            if body.payload not in state.offered:
+                raise HTTPException(status.HTTP_409_CONFLICT, messages.text("unknown_choice", state.language))
+            return await gateway.turn(state, body.payload, [])
+        text, masked = redact.clean(body.text or "")
+        choose_language(state, body.language, text)
+        if not text.replace(redact.PLACEHOLDER, "").strip():
+            reply = Reply(messages=[OutMessage(text=messages.text("masked" if masked else "empty", state.language))])
+            await asyncio.to_thread(store.save, state)
+            return reply
+        return await gateway.turn(state, text, ["masked"] if masked else [])
+
+
+@app.post("/v1/conversations/{conversation_id}/protected", response_model=Reply,
+          dependencies=[Depends(require_key)])
+async def post_protected(conversation_id: ConversationId, body: ProtectedIn, request: Request) -> Reply:
+    """Answer the pending protected-input request; the value goes to the DSP vault, never to Rasa."""
+    gateway = gateway_of(request)
+    async with gateway.locks[conversation_id]:
+        state = await asyncio.to_thread(store.load, conversation_id)
+        if not state.pending_kind:
+            raise HTTPException(status.HTTP_409_CONFLICT, messages.text("nothing_pending", state.language))
+        value = body.value.strip()
+        if len(value) > MAX_PROTECTED_CHARS:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, messages.text("too_long", state.language))
+        kind = state.pending_kind
+
+        def put() -> str:
+            with UnitOfWork() as uow:
+                ref = vault.put(uow, conversation_id, kind, value)
+                uow.commit()
+                return ref
+
+        ref = await asyncio.to_thread(put)
+        state.pending_kind = None
+        message = f"/{PROTECTED_INTENT}" + json.dumps({"protected_ref": ref})
+        return await gateway.turn(state, message, [])
+
+
+@app.get("/health")
+async def health(request: Request) -> JSONResponse:
+    """Return 200 only when Rasa has a model loaded and the action server answers."""
+    settings = get_settings()
+    client = gateway_of(request).client
+    checks = {"rasa_model": False, "action_server": False}
+    try:
+        status_response = await client.get(f"{settings.rasa_url}/status", params={"token": settings.rasa_token},
+                                           timeout=5)
+        checks["rasa_model"] = status_response.status_code == 200 and bool(
+            status_response.json().get("model_id") or status_response.json().get("model_file"))
+    except (httpx.HTTPError, ValueError):
+        pass
+    try:
+        checks["action_server"] = (await client.get(f"{settings.action_server_url}/health", timeout=5)).status_code == 200
+    except httpx.HTTPError:
+        pass
+    healthy = all(checks.values())
+    return JSONResponse({"status": "ok" if healthy else "unavailable", **checks},
+                        status_code=200 if healthy else 503)

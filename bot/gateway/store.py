@@ -1,0 +1,89 @@
+"""Per-conversation state of the gateway, kept in the database (never in one process's memory).
+
+What the gateway remembers of a conversation: its language, the protected input it waits for,
+and the button payloads it offered (only those are accepted back).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import DateTime, String, Text, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from bot.dsp.db import get_engine, get_sessionmaker
+
+#: How many offered payloads are remembered per conversation (newest kept).
+MAX_OFFERED = 60
+
+
+class GatewayBase(DeclarativeBase):
+    """Declarative base of the gateway's own tables (same database as the DSP)."""
+
+
+class ConversationRow(GatewayBase):
+    """One conversation as the gateway sees it."""
+
+    __tablename__ = "gateway_conversations"
+
+    conversation_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    language: Mapped[str | None] = mapped_column(String(8))
+    pending_kind: Mapped[str | None] = mapped_column(String(32))
+    offered_json: Mapped[str] = mapped_column(Text, default="[]")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass
+class ConversationState:
+    """A conversation's gateway state.
+
+    Attributes:
+        conversation_id: the client's id (also Rasa's sender id).
+        language: "fr", "de", "en" or None before the first turn.
+        pending_kind: kind of the protected input asked last, or None.
+        offered: payloads offered in this conversation, oldest first.
+    """
+
+    conversation_id: str
+    language: str | None = None
+    pending_kind: str | None = None
+    offered: list[str] = field(default_factory=list)
+
+    def offer(self, payloads: list[str]) -> None:
+        """Remember newly offered payloads (bounded to MAX_OFFERED, newest kept)."""
+        for payload in payloads:
+            if payload in self.offered:
+                self.offered.remove(payload)
+            self.offered.append(payload)
+        del self.offered[:-MAX_OFFERED]
+
+
+def create_tables() -> None:
+    """Create the gateway's tables if missing."""
+    GatewayBase.metadata.create_all(get_engine())
+
+
+def load(conversation_id: str) -> ConversationState:
+    """Return the stored state of a conversation, or a fresh one (blocking: call in a thread)."""
+    with get_sessionmaker()() as session:
+        row = session.scalars(
+            select(ConversationRow).where(ConversationRow.conversation_id == conversation_id)
+        ).first()
+        if row is None:
+            return ConversationState(conversation_id)
+        return ConversationState(conversation_id, row.language, row.pending_kind, json.loads(row.offered_json))
+
+
+def save(state: ConversationState) -> None:
+    """Store a conversation's state (blocking: call in a thread)."""
+    with get_sessionmaker().begin() as session:
+        row = session.get(ConversationRow, state.conversation_id)
+        if row is None:
+            row = ConversationRow(conversation_id=state.conversation_id)
+            session.add(row)
+        row.language = state.language
+        row.pending_kind = state.pending_kind
+        row.offered_json = json.dumps(state.offered)
+        row.updated_at = datetime.now(UTC)

@@ -1,0 +1,41 @@
+"""After the conversations: no secret in Rasa's tracker store, any log, or the audit table.
+
+Named to run after the conversation tests (pytest runs files in order); it also drives one full
+activation and login itself, so it checks real secrets even when run alone.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from tests.support import SECRETS
+from tests.test_conversations import activate, log_in, new_letter
+
+pytestmark = pytest.mark.services
+
+
+def stored_text(services) -> dict[str, str]:
+    """Return every place to scan, as text: tracker rows, each log file, audit rows."""
+    places: dict[str, str] = {}
+    tracker_db = services.state_dir / "rasa" / "tracker.sqlite3"
+    with sqlite3.connect(tracker_db) as db:
+        places["tracker store"] = "\n".join(str(row) for row in db.execute("SELECT * FROM events"))
+    with sqlite3.connect(services.state_dir / "dsp.sqlite3") as db:
+        places["audit table"] = "\n".join(str(row) for row in db.execute("SELECT * FROM audit_events"))
+    for log in (services.state_dir / "logs").glob("*.log"):
+        places[f"log {log.name}"] = log.read_text(encoding="utf-8", errors="replace")
+    return places
+
+
+def test_no_secret_reaches_tracker_logs_or_audit(services):
+    patient = new_letter(services)
+    activate(services, "de", patient)
+    log_in(services, "de", patient, wrong_code_first=True)
+    places = stored_text(services)
+    assert places["tracker store"] and places["audit table"]
+    assert len(SECRETS.values) >= 5
+    leaks = [(where, secret[:3] + "…") for where, text in places.items() for secret in SECRETS.values
+             if len(secret) >= 6 and len(set(secret)) > 1 and secret in text]
+    assert not leaks, leaks
