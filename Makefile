@@ -52,7 +52,7 @@ serve: setup  ## Start action server, Rasa server and gateway in the foreground
 	@$(VENV)/bin/python -m bot.launcher serve
 
 validate: $(RASA_VENV)/.installed  ## rasa data validate, failing on any warning
-	$(RASA) data validate --domain domain --data data --config config.yml --fail-on-warnings
+	$(VENV)/bin/python scripts/validate_data.py
 
 lint: $(VENV)/.installed  ## ruff
 	$(VENV)/bin/ruff check .

@@ -1,5 +1,8 @@
-"""Account tasks: activation, login, password reset, PIN (guide: Activation, Première connexion,
-Mot de passe oublié). Each validator calls one domain service and answers with named responses."""
+"""Account tasks: activation, login, password reset, PIN.
+
+Guide sections: Activation du compte eSanté, Première connexion, Mot de passe oublié. Each
+validator calls one domain service and answers with named responses.
+"""
 
 from __future__ import annotations
 
@@ -61,8 +64,10 @@ class TaskFormValidation(FormValidationAction):
             slot: the slot being validated; cleared on refusal.
             value: its value (kept on success).
             service: domain function, called as `service(uow, *args, **kwargs)`.
+            *args: positional arguments of the service after `uow`.
             retry: error code -> further slots to clear (ask again) for that refusal; a code
                 mapped to `("__abort__",)` ends the task.
+            **kwargs: keyword arguments of the service.
 
         Returns:
             (slot values to set, the service's result or None on refusal).

@@ -55,17 +55,23 @@ def test_every_response_named_in_code_and_rules_exists():
     used = set()
     for path in list((REPO / "actions").glob("*.py")) + list((REPO / "data").rglob("*.yml")):
         used |= set(re.findall(r"\butter_[a-z_]+\b", path.read_text(encoding="utf-8")))
-    used = {name for name in used if name not in {"utter_err_"} and not name.endswith("_")}
-    # Errors are named from codes at run time: check every code the domain layer can raise.
-    from bot.dsp import errors
+    used = {name for name in used if name not in {"utter_error", "utter_message"} and not name.endswith("_")}
+    # Errors are named from codes at run time: every code the domain layer can raise has its response.
+    from bot.dsp.errors import ERROR_CODES
 
-    codes = set(re.findall(r'"([a-z_]+)"', Path(errors.__file__).read_text(encoding="utf-8")))
+    used |= {f"utter_err_{code}" for code in ERROR_CODES} | {"utter_err_internal"}
+    used |= {f"utter_ask_{slot}" for form in load_domain()["forms"].values() for slot in form["required_slots"]}
     missing = sorted(name for name in used if name not in responses)
     assert not missing, missing
-    assert "utter_err_internal" in responses
-    for slot, form_slots in ((s, f) for f in load_domain()["forms"].values() for s in f["required_slots"]):
-        assert f"utter_ask_{slot}" in responses, slot
-    del codes, form_slots
+
+
+def test_every_error_code_raised_by_the_domain_is_listed():
+    from bot.dsp.errors import ERROR_CODES
+
+    raised = set()
+    for path in (REPO / "bot" / "dsp").glob("*.py"):
+        raised |= set(re.findall(r'(?:Error|Invalid|Rejected)\(\s*"([a-z_]+)"', path.read_text(encoding="utf-8")))
+    assert raised and raised <= ERROR_CODES, raised - ERROR_CODES
 
 
 def test_protected_slots_ask_with_a_protected_input():

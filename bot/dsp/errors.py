@@ -67,3 +67,16 @@ class ResetTokenInvalid(DspError):
 
 class PinError(DspError):
     """A PIN is refused (``pin_*``)."""
+
+
+#: Every code the domain layer raises; each has a response `utter_err_<code>` in fr, de and en.
+ERROR_CODES = frozenset({
+    "matricule_format", "matricule_old_format", "matricule_date", "matricule_checksum",
+    "activation_code_wrong", "activation_locked", "account_already_active",
+    "password_too_short", "password_too_long", "password_common", "password_mismatch",
+    "contact_invalid_email", "contact_invalid_phone",
+    "otp_wrong", "otp_expired", "otp_exhausted",
+    "credentials_wrong", "account_not_active", "account_locked", "login_delay",
+    "input_expired", "reset_token_invalid",
+    "pin_format", "pin_weak", "pin_mismatch", "pin_wrong", "pin_locked", "pin_not_set", "not_logged_in",
+})

@@ -9,10 +9,9 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import phonenumbers
-
-from bot.dsp import clock
 from sqlalchemy import select
 
+from bot.dsp import clock
 from bot.dsp.orm import OutboxMessage
 from bot.dsp.settings import Settings, get_settings
 

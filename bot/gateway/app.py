@@ -14,8 +14,9 @@ import json
 import logging
 import secrets
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, AsyncIterator
+from typing import Annotated, Any
 
 import httpx
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
@@ -271,7 +272,8 @@ async def health(request: Request) -> JSONResponse:
     except (httpx.HTTPError, ValueError):
         pass
     try:
-        checks["action_server"] = (await client.get(f"{settings.action_server_url}/health", timeout=5)).status_code == 200
+        actions = await client.get(f"{settings.action_server_url}/health", timeout=5)
+        checks["action_server"] = actions.status_code == 200
     except httpx.HTTPError:
         pass
     healthy = all(checks.values())

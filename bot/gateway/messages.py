@@ -18,7 +18,8 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "unknown_choice": {
         "fr": "Ce choix n'est plus disponible. Répondez à la dernière question, ou écrivez ce que vous souhaitez.",
-        "de": "Diese Auswahl ist nicht mehr verfügbar. Antworten Sie auf die letzte Frage oder schreiben Sie Ihr Anliegen.",
+        "de": "Diese Auswahl ist nicht mehr verfügbar. "
+              "Antworten Sie auf die letzte Frage oder schreiben Sie Ihr Anliegen.",
         "en": "That choice is no longer available. Answer the last question, or type what you need.",
     },
     "nothing_pending": {
