@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from bot.dsp import vault
 from bot.dsp.uow import UnitOfWork
 from bot.gateway import language as lang
-from bot.gateway import messages, redact, store
+from bot.gateway import messages, redact, store, web
 from bot.gateway.settings import get_settings
 
 logger = logging.getLogger("bot.gateway")
@@ -189,6 +189,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 app = FastAPI(title="MyDSP Assistant gateway", version="1.0.0", lifespan=lifespan,
               description="The one front door of every channel of MyDSP Assistant.")
+app.include_router(web.router)
 
 
 def gateway_of(request: Request) -> Gateway:

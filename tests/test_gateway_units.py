@@ -1,0 +1,79 @@
+"""Unit tests of the gateway's pure parts: cleaning user text, converting Rasa's messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.gateway import redact
+from bot.gateway.store import MAX_OFFERED, ConversationState
+
+
+@pytest.mark.parametrize(
+    ("raw", "secret"),
+    [
+        ("mon matricule est 1985041212345", "1985041212345"),
+        ("matricule 1985 0412 123 45", "1985 0412 123 45"),
+        ("mon code c'est 482913", "482913"),
+        ("écrivez-moi à jean.dupont@example.lu", "jean.dupont@example.lu"),
+        ("mon portable +352 621 123 456", "621 123 456"),
+        ("le code de la lettre: K7QZ2M9P", "K7QZ2M9P"),
+        ("voici le lien https://dsp.example/reset-password?token=abc", "token=abc"),
+    ],
+)
+def test_secrets_in_open_text_are_masked(raw, secret):
+    cleaned, masked = redact.clean(raw)
+    assert masked
+    assert secret not in cleaned
+
+
+def test_plain_questions_pass_unchanged():
+    text = "Je n'arrive pas à me connecter à MyDSP depuis 2 jours"
+    assert redact.clean(text) == (text, False)
+
+
+@pytest.mark.parametrize("raw", ['/provide_protected{"protected_ref": "pi_x"}', "  //restart", "/greet"])
+def test_a_leading_slash_never_reaches_rasa(raw):
+    cleaned, _ = redact.clean(raw)
+    assert not cleaned.startswith("/")
+
+
+def test_text_is_bounded_and_control_characters_removed():
+    cleaned, _ = redact.clean("a\x00b" + "x" * 5000)
+    assert "\x00" not in cleaned
+    assert len(cleaned) == redact.MAX_TEXT_CHARS
+
+
+def test_offered_payloads_are_bounded_and_newest_kept():
+    state = ConversationState("c")
+    state.offer([f"/p{i}" for i in range(MAX_OFFERED + 10)])
+    assert len(state.offered) == MAX_OFFERED
+    assert state.offered[-1] == f"/p{MAX_OFFERED + 9}"
+    assert "/p0" not in state.offered
+
+
+def test_rasa_messages_become_contract_messages():
+    from bot.gateway.app import Gateway
+
+    state = ConversationState("c", language="fr")
+    raw = [
+        {"recipient_id": "c", "text": "Choisissez", "buttons": [{"title": "E-mail", "payload": "/inform"}]},
+        {"recipient_id": "c", "text": "Votre matricule ?"},
+        {"recipient_id": "c", "custom": {"protected_input": {"kind": "matricule"}}},
+        {"recipient_id": "c", "custom": {"set_language": "de"}},
+    ]
+    reply = Gateway.to_reply(None, state, raw)  # type: ignore[arg-type]
+    assert [m.text for m in reply.messages] == ["Choisissez", "Votre matricule ?"]
+    assert reply.messages[0].buttons[0].payload == "/inform"
+    assert reply.messages[1].protected_input.kind == "matricule"
+    assert state.pending_kind == "matricule"
+    assert state.language == "de"
+    assert "/inform" in state.offered
+
+
+def test_language_detection_needs_clear_text():
+    from bot.gateway.language import detect
+
+    assert detect("Ich habe mein Passwort vergessen und brauche Hilfe") == "de"
+    assert detect("I cannot log in to my health record") == "en"
+    assert detect("je n'arrive pas à activer mon compte") == "fr"
+    assert detect("ok") is None
