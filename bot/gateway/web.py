@@ -25,7 +25,8 @@ TEXTS = {
            "Vous pouvez vous connecter avec lui.", "hint": "Au moins 8 caractères ; une phrase de plusieurs mots "
            "convient très bien.", "password_mismatch": "Les deux saisies sont différentes.",
            "reset_token_invalid": "Ce lien est inconnu, déjà utilisé ou expiré. Demandez-en un nouveau.",
-           "password_too_short": "Ce mot de passe est trop court.", "password_too_long": "Ce mot de passe est trop long.",
+           "password_too_short": "Ce mot de passe est trop court.",
+           "password_too_long": "Ce mot de passe est trop long.",
            "password_common": "Ce mot de passe est trop courant et facile à deviner.",
            "other": "Une erreur est survenue ; rien n'a été modifié. Réessayez ou appelez le helpdesk "
            "au +352 27 12 50 18 33."},
