@@ -118,7 +118,7 @@ class ActionOutOfScope(Action):
         topics = set(tracker.get_latest_entity_values("oos_topic"))
         if "emergency" in topics:
             dispatcher.utter_message(response="utter_emergency")
-        elif "medical" in topics:
+        elif topics:  # a partial extraction ("mal") still marks a health question
             dispatcher.utter_message(response="utter_out_of_scope_medical")
         else:
             dispatcher.utter_message(response="utter_out_of_scope")
