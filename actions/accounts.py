@@ -6,6 +6,7 @@ validator calls one domain service and answers with named responses.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 from rasa_sdk import Action, FormValidationAction, Tracker
@@ -41,9 +42,9 @@ Result = dict[str, Any]
 class TaskFormValidation(FormValidationAction):
     """Base of the task forms: a validator may abort the task by setting `task_aborted`."""
 
-    def name(self) -> str:  # pragma: no cover - abstract
+    @abstractmethod
+    def name(self) -> str:
         """Return the action name; concrete subclasses override it."""
-        raise NotImplementedError
 
     async def required_slots(
         self, domain_slots: list[str], dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
