@@ -149,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["serve", "run"])
     args = parser.parse_args(argv)
     services = Services()
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
     print("Starting the action server, the Rasa server and the gateway (logs in "
           f"{get_settings().state_dir}/logs)...", flush=True)
     started = time.monotonic()
@@ -157,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, FileNotFoundError) as exc:
         print(f"Could not start: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        services.stop()
+        return 130
     print(f"Ready in {time.monotonic() - started:.1f} s: gateway on {services.gateway_url} "
           "(OpenAPI at /openapi.json). Ctrl-C stops everything.", flush=True)
     try:
