@@ -99,7 +99,12 @@ class ActionHandleFallback(Action):
             if name != FALLBACK_INTENT:
                 break
             misses += 1
-        if misses >= 2:
+        topics = set(tracker.get_latest_entity_values("oos_topic"))
+        if "emergency" in topics:  # never answer an emergency with "please rephrase"
+            dispatcher.utter_message(response="utter_emergency")
+        elif topics:
+            dispatcher.utter_message(response="utter_out_of_scope_medical")
+        elif misses >= 2:
             dispatcher.utter_message(response="utter_fallback_helpdesk")
         else:
             dispatcher.utter_message(response="utter_ask_rephrase")

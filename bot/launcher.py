@@ -97,7 +97,7 @@ class Services:
             "rasa": [str(RASA_BIN), "run", "-i", "127.0.0.1", "-p", str(self.rasa_port), "--enable-api",
                      "--auth-token", env["RASA_AUTH_TOKEN"], "-m", str(latest_model()),
                      "--endpoints", "endpoints.yml", "--credentials", "credentials.yml"],
-            "gateway": [python, "-m", "uvicorn", "bot.gateway.app:app", "--host", "127.0.0.1",
+            "gateway": [python, "-m", "uvicorn", "bot.gateway.app:app", "--host", env.get("GATEWAY_HOST", "127.0.0.1"),
                         "--port", str(self.gateway_port), "--no-server-header"],
         }
         for name, command in commands.items():
