@@ -10,7 +10,7 @@ from abc import abstractmethod
 from typing import Any
 
 from rasa_sdk import Action, FormValidationAction, Tracker
-from rasa_sdk.events import EventType
+from rasa_sdk.events import EventType, FollowupAction
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
@@ -133,6 +133,12 @@ class ValidateActivationForm(TaskFormValidation):
         )
         return slots
 
+    async def validate_contact_channel(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Keep only the two channels of the guide (SMS or e-mail); else ask again."""
+        return {CONTACT_CHANNEL: value if value in ("email", "sms") else None}
+
     async def validate_contact_address_ref(
         self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> Result:
@@ -159,7 +165,7 @@ class ValidateActivationForm(TaskFormValidation):
         slots, _ = await self.check(
             dispatcher, OTP_REF, value, accounts.complete_activation, tracker.sender_id,
             matricule_ref=tracker.get_slot(MATRICULE_REF), otp_ref=value,
-            retry={"account_already_active": ABORT, "activation_locked": ABORT},
+            retry={"account_already_active": ABORT, "activation_locked": ABORT, "input_expired": ABORT},
         )
         return slots
 
@@ -278,9 +284,9 @@ class ValidatePinForm(TaskFormValidation):
     async def required_slots(
         self, domain_slots: list[str], dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> list[str]:
-        """Ask nothing when no one is logged in in this conversation (the done action says so)."""
-        session = await call_service(accounts.current_session, tracker.sender_id)
-        if session is None:
+        """Ask nothing unless someone is logged in with the terms accepted (the done action says why)."""
+        session = await session_of(tracker)
+        if session is None or session.needs_terms:
             return []
         return await super().required_slots(domain_slots, dispatcher, tracker, domain)
 
@@ -295,6 +301,14 @@ class ValidatePinForm(TaskFormValidation):
                    "input_expired": (PIN_REF,), "not_logged_in": ABORT},
         )
         return slots
+
+
+async def session_of(tracker: Tracker) -> accounts.SessionInfo | None:
+    """Return the conversation's login session, or None (also when the lookup fails)."""
+    try:
+        return await call_service(accounts.current_session, tracker.sender_id)
+    except (DspError, ServiceFailure):
+        return None
 
 
 async def end_task(tracker: Tracker) -> list[EventType]:
@@ -334,7 +348,7 @@ class ActionLoginDone(Action):
         if tracker.get_slot(TASK_ABORTED):
             dispatcher.utter_message(response="utter_anything_else")
             return events
-        session = await call_service(accounts.current_session, tracker.sender_id)
+        session = await session_of(tracker)
         if session is None:
             dispatcher.utter_message(response="utter_err_not_logged_in")
         elif session.needs_terms:
@@ -372,7 +386,9 @@ class ActionPinDone(Action):
         if tracker.get_slot(PIN_CONFIRM_REF) and not tracker.get_slot(TASK_ABORTED):
             dispatcher.utter_message(response="utter_pin_set")
         elif not tracker.get_slot(TASK_ABORTED):
-            dispatcher.utter_message(response="utter_not_logged_in")
+            session = await session_of(tracker)
+            dispatcher.utter_message(response="utter_ask_terms" if session and session.needs_terms
+                                     else "utter_not_logged_in")
         return await end_task(tracker)
 
 
@@ -404,7 +420,11 @@ class ActionRefuseTerms(Action):
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
         """Log out and explain why."""
-        await call_service(accounts.log_out, tracker.sender_id)
+        try:
+            await call_service(accounts.log_out, tracker.sender_id)
+        except (DspError, ServiceFailure) as error:
+            utter_error(dispatcher, error)
+            return []
         dispatcher.utter_message(response="utter_terms_refused")
         return []
 
@@ -418,7 +438,11 @@ class ActionLogOut(Action):
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
         """Log out, or say nobody was logged in."""
-        ended = await call_service(accounts.log_out, tracker.sender_id)
+        try:
+            ended = await call_service(accounts.log_out, tracker.sender_id)
+        except (DspError, ServiceFailure) as error:
+            utter_error(dispatcher, error)
+            return []
         dispatcher.utter_message(response="utter_logged_out" if ended else "utter_not_logged_in")
         return []
 
@@ -444,4 +468,27 @@ class ActionResendCode(Action):
             utter_error(dispatcher, error)
             return []
         dispatcher.utter_message(response="utter_new_code_sent", masked_address=masked)
+        return []
+
+
+class ActionAnswerOffer(Action):
+    """A yes or no right after the login: it answers the terms question, else the PIN offer."""
+
+    def name(self) -> str:
+        """Return the action name."""
+        return "action_answer_offer"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
+        """Accept or refuse the pending terms of use; else start the PIN form or skip it."""
+        yes = (tracker.latest_message.get("intent") or {}).get("name") == "affirm"
+        session = await session_of(tracker)
+        if session is None:
+            dispatcher.utter_message(response="utter_anything_else")
+            return []
+        if session.needs_terms:
+            action = ActionAcceptTerms() if yes else ActionRefuseTerms()
+            return await action.run(dispatcher, tracker, domain)
+        if yes:
+            return [FollowupAction("pin_form")]
+        dispatcher.utter_message(response="utter_pin_skipped")
         return []

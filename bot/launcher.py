@@ -98,7 +98,7 @@ class Services:
                      "--auth-token", env["RASA_AUTH_TOKEN"], "-m", str(latest_model()),
                      "--endpoints", "endpoints.yml", "--credentials", "credentials.yml"],
             "gateway": [python, "-m", "uvicorn", "bot.gateway.app:app", "--host", env.get("GATEWAY_HOST", "127.0.0.1"),
-                        "--port", str(self.gateway_port), "--no-server-header"],
+                        "--port", str(self.gateway_port), "--no-server-header", "--no-access-log"],
         }
         for name, command in commands.items():
             log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process

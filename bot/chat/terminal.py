@@ -18,12 +18,14 @@ import httpx
 from bot.gateway.settings import secret_file
 
 PROMPTS = {
-    "fr": {"you": "vous", "private": "(saisie privée, rien ne s'affiche)", "choice": "Tapez le numéro ou écrivez.",
+    "fr": {"you": "vous", "private": "(saisie privée, rien ne s'affiche ; Entrée seule pour revenir)",
+           "choice": "Tapez le numéro ou écrivez.",
            "sent": "envoyé à", "bye": "Au revoir.", "error": "Le service ne répond pas"},
-    "de": {"you": "Sie", "private": "(private Eingabe, nichts wird angezeigt)",
+    "de": {"you": "Sie", "private": "(private Eingabe, nichts wird angezeigt; nur Enter: zurück)",
            "choice": "Nummer eingeben oder schreiben.", "sent": "gesendet an", "bye": "Auf Wiedersehen.",
            "error": "Der Dienst antwortet nicht"},
-    "en": {"you": "you", "private": "(private entry, nothing is shown)", "choice": "Type the number or write.",
+    "en": {"you": "you", "private": "(private entry, nothing is shown; Enter alone to go back)",
+           "choice": "Type the number or write.",
            "sent": "sent to", "bye": "Goodbye.", "error": "The service does not answer"},
 }
 KIND_LABELS = {
@@ -108,6 +110,9 @@ def chat(gateway_url: str, language: str | None = None) -> None:
                 if pending:
                     label = KIND_LABELS.get(pending, pending)
                     value = getpass.getpass(f"{label} {words['private']}: ")
+                    if not value.strip():
+                        pending = None  # an empty entry goes back to the open chat (e.g. to say "annuler")
+                        continue
                     response = client.post(f"{base}/protected", json={"value": value})
                 else:
                     text = input(f"{words['you']}> ").strip()

@@ -13,13 +13,15 @@ import asyncio
 import json
 import logging
 import secrets
-from collections import defaultdict
+import time
+import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import httpx
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
@@ -36,6 +38,13 @@ CONVERSATION_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
 MAX_PROTECTED_CHARS = 512
 PROTECTED_INTENT = "provide_protected"
 SUPPORTED_LANGUAGES = ("fr", "de", "en")
+#: Protected kinds taken exactly as typed (a passphrase may start or end with a space).
+KINDS_TAKEN_AS_TYPED = ("password", "password_confirm")
+#: One-word replies that stay conversation (not a secret) while a protected input is pending.
+COMMAND_WORDS = frozenset({
+    "annuler", "stop", "arreter", "abandonner", "aide", "retour", "helpdesk", "non",
+    "abbrechen", "hilfe", "zuruck", "nein", "cancel", "help", "back", "quit", "no",
+})
 
 
 class Button(BaseModel):
@@ -100,12 +109,34 @@ def require_key(credentials: Annotated[HTTPAuthorizationCredentials | None, Depe
 ConversationId = Annotated[str, Path(pattern=CONVERSATION_ID)]
 
 
+class ConversationLocks:
+    """One asyncio lock per conversation, so its turns run one at a time; unused locks are dropped."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, conversation_id: str) -> AsyncIterator[None]:
+        """Hold the conversation's lock for the block."""
+        lock, users = self._locks.get(conversation_id, (asyncio.Lock(), 0))
+        self._locks[conversation_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[conversation_id]
+            if users <= 1:
+                del self._locks[conversation_id]
+            else:
+                self._locks[conversation_id] = (lock, users - 1)
+
+
 class Gateway:
     """State shared by the requests of one gateway process: the HTTP client and turn locks."""
 
     def __init__(self) -> None:
         self.client = httpx.AsyncClient(timeout=get_settings().rasa_timeout_s)
-        self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.locks = ConversationLocks()
 
     async def rasa_turn(self, state: store.ConversationState, message: str) -> list[dict[str, Any]]:
         """Send one message to Rasa's REST channel and return Rasa's raw messages.
@@ -127,6 +158,7 @@ class Gateway:
         """Turn Rasa's messages into the contract's messages and update the conversation state."""
         out: list[OutMessage] = []
         state.pending_kind = None
+        state.offered = []
         for item in raw:
             custom = item.get("custom")
             if isinstance(custom, dict):
@@ -151,6 +183,27 @@ class Gateway:
             out[-1].protected_input = ProtectedInput(kind=state.pending_kind)
         return Reply(messages=out)
 
+    async def answer_protected(self, state: store.ConversationState, raw: str) -> Reply:
+        """Put the answer to the pending protected input in the vault; send Rasa only its reference.
+
+        Raises:
+            HTTPException: 422 when the value is too long.
+        """
+        kind = state.pending_kind or ""
+        value = raw if kind in KINDS_TAKEN_AS_TYPED else raw.strip()
+        if len(value) > MAX_PROTECTED_CHARS:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, messages.text("too_long", state.language))
+
+        def put() -> str:
+            with UnitOfWork() as uow:
+                ref = vault.put(uow, state.conversation_id, kind, value)
+                uow.commit()
+                return ref
+
+        ref = await asyncio.to_thread(put)
+        state.pending_kind = None
+        return await self.turn(state, f"/{PROTECTED_INTENT}" + json.dumps({"protected_ref": ref}), [])
+
     async def turn(self, state: store.ConversationState, message: str, notes: list[str]) -> Reply:
         """Run one turn: Rasa, conversion, state saved; `notes` are gateway messages said first."""
         try:
@@ -165,12 +218,21 @@ class Gateway:
         return reply
 
 
-def choose_language(state: store.ConversationState, requested: str | None, text: str) -> None:
+def looks_like_an_answer(text: str) -> bool:
+    """Return True for a one-word text that is not a command word: the answer to a pending secret."""
+    words = text.split()
+    if len(words) != 1:
+        return False
+    folded = unicodedata.normalize("NFKD", words[0].lower()).encode("ascii", "ignore").decode()
+    return folded.strip(".!?") not in COMMAND_WORDS
+
+
+async def choose_language(state: store.ConversationState, requested: str | None, text: str) -> None:
     """Set the conversation's language: the client's choice, else a clear detection, else kept."""
     if requested in SUPPORTED_LANGUAGES:
         state.language = requested
         return
-    detected = lang.detect(text) if text else None
+    detected = await asyncio.to_thread(lang.detect, text) if text else None
     if detected:
         state.language = detected
     elif state.language is None:
@@ -179,7 +241,12 @@ def choose_language(state: store.ConversationState, requested: str | None, text:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Create the tables, warm the language models, open the HTTP client."""
+    """Set up logging, create the tables, warm the language models, open the HTTP client."""
+    if not logging.getLogger("bot").handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s - %(message)s"))
+        logging.getLogger("bot").addHandler(handler)
+        logging.getLogger("bot").setLevel(logging.INFO)
     await asyncio.to_thread(store.create_tables)
     await asyncio.to_thread(lang.warm_up)
     app.state.gateway = Gateway()
@@ -197,11 +264,30 @@ def gateway_of(request: Request) -> Gateway:
     return request.app.state.gateway  # type: ignore[no-any-return]
 
 
-@app.exception_handler(Exception)
-async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-    """Answer any unexpected error without a stack trace or a value; log only its type."""
-    logger.error("unexpected %s on %s", type(exc).__name__, request.url.path)
-    return JSONResponse({"messages": [{"text": messages.text("unavailable", None)}]}, status_code=500)
+@app.middleware("http")
+async def access_log_and_errors(request: Request, call_next: Any) -> Any:
+    """Log requests and contain unexpected errors.
+
+    The log line has no query string (a reset link carries its token there); an unexpected error
+    is answered without a stack trace or a value, and only its type is logged.
+    """
+    started = time.perf_counter()
+    try:
+        response = await call_next(request)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence
+        logger.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        response = JSONResponse({"messages": [{"text": messages.text("unavailable", None)}]}, status_code=500)
+    logger.info("%s %s %s %.0f ms", request.method, request.url.path, response.status_code,
+                (time.perf_counter() - started) * 1000)
+    return response
+
+
+@app.exception_handler(RequestValidationError)
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """Refuse a malformed request without echoing what was sent (it may hold a secret)."""
+    fields = [".".join(str(part) for part in error.get("loc", ())) for error in exc.errors()]
+    return JSONResponse({"detail": [{"loc": f, "msg": "invalid"} for f in fields],
+                         "messages": [{"text": messages.text("invalid", None)}]}, status_code=422)
 
 
 @app.exception_handler(HTTPException)
@@ -216,7 +302,7 @@ async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
 async def post_message(conversation_id: ConversationId, body: MessageIn, request: Request) -> Reply:
     """Send the user's text, or the payload of a button the gateway offered, and get the replies."""
     gateway = gateway_of(request)
-    async with gateway.locks[conversation_id]:
+    async with gateway.locks.hold(conversation_id):
         state = await asyncio.to_thread(store.load, conversation_id)
         if body.payload is not None:
             if body.language in SUPPORTED_LANGUAGES:
@@ -224,8 +310,11 @@ async def post_message(conversation_id: ConversationId, body: MessageIn, request
             if body.payload not in state.offered:
                 raise HTTPException(status.HTTP_409_CONFLICT, messages.text("unknown_choice", state.language))
             return await gateway.turn(state, body.payload, [])
+        if state.pending_kind and looks_like_an_answer(body.text or ""):
+            # A client typed the secret in the open chat: it still goes to the vault, never to Rasa.
+            return await gateway.answer_protected(state, body.text or "")
         text, masked = redact.clean(body.text or "")
-        choose_language(state, body.language, text)
+        await choose_language(state, body.language, text)
         if not text.replace(redact.PLACEHOLDER, "").strip():
             reply = Reply(messages=[OutMessage(text=messages.text("masked" if masked else "empty", state.language))])
             await asyncio.to_thread(store.save, state)
@@ -238,25 +327,11 @@ async def post_message(conversation_id: ConversationId, body: MessageIn, request
 async def post_protected(conversation_id: ConversationId, body: ProtectedIn, request: Request) -> Reply:
     """Answer the pending protected-input request; the value goes to the DSP vault, never to Rasa."""
     gateway = gateway_of(request)
-    async with gateway.locks[conversation_id]:
+    async with gateway.locks.hold(conversation_id):
         state = await asyncio.to_thread(store.load, conversation_id)
         if not state.pending_kind:
             raise HTTPException(status.HTTP_409_CONFLICT, messages.text("nothing_pending", state.language))
-        value = body.value.strip()
-        if len(value) > MAX_PROTECTED_CHARS:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, messages.text("too_long", state.language))
-        kind = state.pending_kind
-
-        def put() -> str:
-            with UnitOfWork() as uow:
-                ref = vault.put(uow, conversation_id, kind, value)
-                uow.commit()
-                return ref
-
-        ref = await asyncio.to_thread(put)
-        state.pending_kind = None
-        message = f"/{PROTECTED_INTENT}" + json.dumps({"protected_ref": ref})
-        return await gateway.turn(state, message, [])
+        return await gateway.answer_protected(state, body.value)
 
 
 @app.get("/health")

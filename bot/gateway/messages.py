@@ -35,6 +35,11 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "The assistant is briefly unavailable. Nothing is lost: try again in a moment, "
               "or call the helpdesk on +352 27 12 50 18 33.",
     },
+    "invalid": {
+        "fr": "Cette demande n'a pas la forme attendue ; rien n'a été enregistré.",
+        "de": "Diese Anfrage hat nicht die erwartete Form; nichts wurde gespeichert.",
+        "en": "This request does not have the expected shape; nothing was stored.",
+    },
     "too_long": {
         "fr": "Cette valeur est trop longue. Vérifiez-la et renvoyez-la.",
         "de": "Dieser Wert ist zu lang. Bitte prüfen und erneut senden.",

@@ -33,7 +33,7 @@ def clean(text: str) -> tuple[str, bool]:
         value was masked.
     """
     text = "".join(ch if ch.isprintable() or ch in "\n\t" else " " for ch in text)
-    text = text.strip().lstrip("/").strip()
+    text = re.sub(r"^[\s/]+", "", text).rstrip()
     masked = False
     for pattern in (_URL_TOKEN, _EMAIL, _DIGITS, _CODE):
         text, count = pattern.subn(PLACEHOLDER, text)
