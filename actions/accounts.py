@@ -19,6 +19,8 @@ from actions.common import (
     CONTACT_ADDRESS_REF,
     CONTACT_CHANNEL,
     EMAIL_REF,
+    LOGIN_PIN_REF,
+    LOGIN_WITH_PASSWORD,
     MATRICULE_REF,
     NEW_PASSWORD_REF,
     OTP_REF,
@@ -56,7 +58,7 @@ class TaskFormValidation(FormValidationAction):
 
     async def check(
         self, dispatcher: CollectingDispatcher, slot: str, value: Any, service: Any, *args: Any,
-        retry: dict[str, tuple[str, ...]] | None = None, **kwargs: Any,
+        retry: dict[str, tuple[str, ...]] | None = None, also: dict[str, Result] | None = None, **kwargs: Any,
     ) -> tuple[Result, Any]:
         """Run `service`; on a refusal, answer it and return the slots to ask again.
 
@@ -68,6 +70,7 @@ class TaskFormValidation(FormValidationAction):
             *args: positional arguments of the service after `uow`.
             retry: error code -> further slots to clear (ask again) for that refusal; a code
                 mapped to `("__abort__",)` ends the task.
+            also: error code -> further slot values to set for that refusal.
             **kwargs: keyword arguments of the service.
 
         Returns:
@@ -81,7 +84,7 @@ class TaskFormValidation(FormValidationAction):
             extra = (retry or {}).get(code, ())
             if "__abort__" in extra or code == "internal" or isinstance(error, ServiceFailure):
                 return {slot: None, TASK_ABORTED: True}, None
-            return {slot: None, **{name: None for name in extra}}, None
+            return {slot: None, **{name: None for name in extra}, **(also or {}).get(code, {})}, None
         return {slot: value}, result
 
 
@@ -171,11 +174,45 @@ class ValidateActivationForm(TaskFormValidation):
 
 
 class ValidateLoginForm(TaskFormValidation):
-    """Validate the login form: matricule, password, one-time code (guide: Première connexion)."""
+    """Validate the login form (guide: Première connexion).
+
+    Matricule + password + one-time code; or matricule + PIN when a PIN was set from this
+    conversation (the chat is the "device"), falling back to the password when the PIN fails.
+    """
 
     def name(self) -> str:
         """Return the action name."""
         return "validate_login_form"
+
+    async def required_slots(
+        self, domain_slots: list[str], dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[str]:
+        """Choose the PIN path or the password path."""
+        slots = await super().required_slots(domain_slots, dispatcher, tracker, domain)
+        if not slots:
+            return slots
+        use_pin = False
+        if not tracker.get_slot(LOGIN_WITH_PASSWORD):
+            try:
+                use_pin = await call_service(accounts.pin_available, tracker.sender_id)
+            except (DspError, ServiceFailure):
+                use_pin = False
+        keep = (MATRICULE_REF, LOGIN_PIN_REF) if use_pin else (MATRICULE_REF, PASSWORD_REF, OTP_REF)
+        return [slot for slot in slots if slot in keep]
+
+    async def validate_login_pin_ref(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Log in with the PIN; when it cannot serve, continue with the password."""
+        # pin_wrong asks again; pin_locked / pin_not_set: continue with the password.
+        use_password = {LOGIN_WITH_PASSWORD: True}
+        slots, _ = await self.check(
+            dispatcher, LOGIN_PIN_REF, value, accounts.log_in_with_pin, tracker.sender_id,
+            matricule_ref=tracker.get_slot(MATRICULE_REF), pin_ref=value,
+            retry={"input_expired": (MATRICULE_REF,), "account_locked": ABORT, "login_delay": ABORT},
+            also={"pin_locked": use_password, "pin_not_set": use_password},
+        )
+        return slots
 
     async def validate_matricule_ref(
         self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
@@ -355,7 +392,8 @@ class ActionLoginDone(Action):
             dispatcher.utter_message(response="utter_ask_terms")
         else:
             dispatcher.utter_message(response="utter_logged_in")
-            dispatcher.utter_message(response="utter_offer_pin")
+            if session.method != "pin":
+                dispatcher.utter_message(response="utter_offer_pin")
         return events
 
 

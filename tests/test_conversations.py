@@ -293,3 +293,55 @@ def test_fallback_asks_to_rephrase_then_offers_the_helpdesk(services):
     chat.say("xqzv blorp wuggle frmbl")  # the user repeats what was not understood
     said = services.rasa.responses(chat.id)
     assert said[-2:] == ["utter_ask_rephrase", "utter_fallback_helpdesk"]
+
+
+def test_a_secret_typed_in_the_open_chat_while_asked_goes_to_the_vault(services):
+    patient = new_letter(services)
+    chat = Chat(services.gateway_url, services.key, services.env, "fr")
+    chat.say(UTTERANCES["fr"]["activate"])
+    assert chat.pending == "matricule"
+    chat.say(patient["matricule"])  # a careless client: the text endpoint, not /protected
+    assert chat.pending == "activation_code"
+    assert patient["matricule"] not in str(services.rasa.tracker(chat.id))
+
+
+def test_terms_answered_with_a_plain_yes(services):
+    patient = new_letter(services)
+    activate(services, "fr", patient)
+    chat = log_in(services, "fr", patient)
+    assert services.rasa.responses(chat.id)[-1] == "utter_ask_terms"
+    chat.say("oui")
+    assert services.rasa.responses(chat.id)[-2:] == ["utter_logged_in", "utter_offer_pin"]
+    chat.say("oui")  # now the PIN offer: the PIN form starts
+    assert chat.pending == "pin"
+    chat.protect("4826")
+    chat.protect("4826")
+    assert services.rasa.responses(chat.id)[-1] == "utter_pin_set"
+    # Next time, in the same chat ("device"): matricule + PIN, no password, no code.
+    chat.say("je voudrais me déconnecter")
+    assert services.rasa.responses(chat.id)[-1] == "utter_logged_out"
+    chat.say(UTTERANCES["fr"]["login"])
+    chat.protect(patient["matricule"])
+    assert chat.pending == "pin"
+    chat.protect("1111")
+    assert chat.pending == "pin"
+    chat.protect("4826")
+    assert services.rasa.responses(chat.id)[-1] == "utter_logged_in"
+    assert chat.pending is None
+
+
+def test_a_malformed_request_is_refused_without_echoing_it(services):
+    chat = Chat(services.gateway_url, services.key, services.env, "fr")
+    secret = "S" * 20_000
+    response = chat.client.post(f"{chat.base}/protected", json={"value": secret})
+    assert response.status_code == 422
+    assert "SSSS" not in response.text
+
+
+def test_an_old_button_cannot_be_replayed(services):
+    chat = Chat(services.gateway_url, services.key, services.env, "fr")
+    chat.say("bonjour")
+    old = chat.buttons[0]["payload"]
+    chat.choose(chat.buttons[1]["payload"])
+    response = chat.client.post(f"{chat.base}/messages", json={"payload": old})
+    assert response.status_code == 409

@@ -31,7 +31,9 @@ def test_plain_questions_pass_unchanged():
     assert redact.clean(text) == (text, False)
 
 
-@pytest.mark.parametrize("raw", ['/provide_protected{"protected_ref": "pi_x"}', "  //restart", "/greet"])
+@pytest.mark.parametrize(
+    "raw", ['/provide_protected{"protected_ref": "pi_x"}', "  //restart", "/greet", '/ /inform{"x":"y"}', "/\t/restart"]
+)
 def test_a_leading_slash_never_reaches_rasa(raw):
     cleaned, _ = redact.clean(raw)
     assert not cleaned.startswith("/")
@@ -77,3 +79,11 @@ def test_language_detection_needs_clear_text():
     assert detect("I cannot log in to my health record") == "en"
     assert detect("je n'arrive pas à activer mon compte") == "fr"
     assert detect("ok") is None
+
+
+@pytest.mark.parametrize(("text", "answer"), [("1985041212345", True), ("Velo-Rouge", True), ("annuler", False),
+                                                ("Abbrechen!", False), ("je ne sais pas", False), ("zurück", False)])
+def test_one_word_while_a_secret_is_pending_is_taken_as_the_answer(text, answer):
+    from bot.gateway.app import looks_like_an_answer
+
+    assert looks_like_an_answer(text) is answer

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sqlite3
 
+import httpx
 import pytest
 
-from tests.support import SECRETS
+from tests.support import SECRETS, Chat
 from tests.test_conversations import activate, log_in, new_letter
 
 pytestmark = pytest.mark.services
@@ -29,10 +30,31 @@ def stored_text(services) -> dict[str, str]:
     return places
 
 
+def reset_on_the_web_page(services, patient) -> None:
+    """Ask a reset in the chat, then set the new password on the e-mailed link's page."""
+    chat = Chat(services.gateway_url, services.key, services.env, "en")
+    chat.say("I forgot my password")
+    chat.protect(patient["matricule"])
+    chat.protect(patient["email"])
+    link = next(w for w in chat.outbox_body(patient["email"]).split() if "reset-password?token=" in w)
+    token = link.split("token=")[1].strip(".,)")
+    SECRETS.add(token)
+    path = "/reset-password?token=" + token
+    assert httpx.get(services.gateway_url + path).status_code == 200
+    new_password = "Web-Page-Passphrase-" + token[:4]
+    SECRETS.add(new_password)
+    page = httpx.post(services.gateway_url + "/reset-password",
+                      data={"token": token, "password": new_password, "confirm": new_password})
+    assert page.status_code == 200 and "<form" not in page.text  # done: no form again
+    patient["password"] = new_password
+
+
 def test_no_secret_reaches_tracker_logs_or_audit(services):
     patient = new_letter(services)
     activate(services, "de", patient)
     log_in(services, "de", patient, wrong_code_first=True)
+    reset_on_the_web_page(services, patient)
+    log_in(services, "en", patient)
     places = stored_text(services)
     assert places["tracker store"] and places["audit table"]
     assert len(SECRETS.values) >= 5

@@ -817,6 +817,19 @@ def set_pin(uow: UnitOfWork, conversation_id: str, *, pin_ref: str, confirm_ref:
     uow.commit()
 
 
+def pin_available(uow: UnitOfWork, conversation_id: str) -> bool:
+    """Return True when a PIN was set from this conversation (the chat is the "device").
+
+    Guide: Première connexion — a PIN eases later access on the same device.
+    """
+    return (
+        uow.session.scalars(
+            select(Account.id).where(Account.pin_conversation_id == conversation_id, Account.pin_hash.is_not(None))
+        ).first()
+        is not None
+    )
+
+
 def log_in_with_pin(
     uow: UnitOfWork, conversation_id: str, *, matricule_ref: str, pin_ref: str
 ) -> LoginResult:
