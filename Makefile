@@ -3,8 +3,10 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
-# Rasa 3.6 needs Python 3.10: on PATH, else from pyenv.
-PYTHON310 ?= $(shell command -v python3.10 2>/dev/null || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10.*/bin/python3.10 2>/dev/null | tail -n 1)
+# Rasa 3.6 needs Python 3.10: an installed pyenv 3.10.x, else a python3.10 on the PATH that runs
+# (a pyenv shim fails when 3.10 is not the selected version).
+PYTHON310 ?= $(shell for p in $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10.*/bin/python3.10 2>/dev/null | sort -V -r) \
+  $$(command -v python3.10 2>/dev/null); do "$$p" -c 'import sys' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 VENV := .venv
 RASA_VENV := .venv-rasa
 UV := $(VENV)/bin/uv
