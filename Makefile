@@ -39,7 +39,7 @@ setup: $(VENV)/.installed $(RASA_VENV)/.installed $(MODEL) db  ## Create what is
 $(MODEL): $(RASA_VENV)/.installed $(TRAINING_FILES)
 	@echo "Training the Rasa model (only when data, domain or config changed)..."
 	@start=$$(date +%s); \
-	$(RASA) train --domain domain --data data --config config.yml --out models --fixed-model-name mydsp --quiet \
+	PYTHONWARNINGS=ignore $(RASA) train --domain domain --data data --config config.yml --out models --fixed-model-name mydsp --quiet \
 	  && echo "Model trained in $$(( $$(date +%s) - start )) s"
 
 model: $(MODEL)  ## Train the Rasa model if data, domain or config changed

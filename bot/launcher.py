@@ -25,6 +25,17 @@ RASA_BIN = REPO_ROOT / ".venv-rasa" / "bin" / "rasa"
 MODELS_DIR = REPO_ROOT / "models"
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: new session, and SIGTERM when the launcher dies (Linux)."""
+    os.setsid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def latest_model() -> Path:
     """Return the newest trained model in `models/`.
 
@@ -102,8 +113,8 @@ class Services:
         }
         for name, command in commands.items():
             log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-            self.processes[name] = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log,
-                                                    stderr=subprocess.STDOUT, start_new_session=True)
+            self.processes[name] = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log,  # noqa: PLW1509
+                                                    stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for name, process in self.processes.items():
@@ -125,7 +136,14 @@ class Services:
             return False
 
     def stop(self) -> None:
-        """Stop every service (SIGTERM to its process group, SIGKILL after 15 s)."""
+        """Stop every service (SIGTERM to its process group, SIGKILL after 15 s); Ctrl-C is ignored meanwhile."""
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self._stop()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _stop(self) -> None:
         for process in self.processes.values():
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -154,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
     print("Starting the action server, the Rasa server and the gateway (logs in "
           f"{get_settings().state_dir}/logs)...", flush=True)
     started = time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import sys
 import textwrap
 import uuid
 from typing import Any
@@ -29,10 +30,18 @@ PROMPTS = {
            "sent": "sent to", "bye": "Goodbye.", "error": "The service does not answer"},
 }
 KIND_LABELS = {
-    "matricule": "Matricule", "activation_code": "Code d'activation / Aktivierungscode / Activation code",
-    "password": "Mot de passe / Passwort / Password", "password_confirm": "Confirmation",
-    "email": "E-mail", "phone": "Mobile", "otp": "Code", "reset_token": "Lien ou code / Link oder Code / Link or code",
-    "pin": "PIN", "pin_confirm": "PIN (confirmation)",
+    "fr": {"matricule": "Matricule", "activation_code": "Code d'activation", "password": "Mot de passe",
+           "password_confirm": "Mot de passe (confirmation)", "email": "E-mail", "phone": "Numéro de portable",
+           "otp": "Code à usage unique", "reset_token": "Lien ou code de l'e-mail", "pin": "Code PIN",
+           "pin_confirm": "Code PIN (confirmation)"},
+    "de": {"matricule": "Matrikelnummer", "activation_code": "Aktivierungscode", "password": "Passwort",
+           "password_confirm": "Passwort (Bestätigung)", "email": "E-Mail", "phone": "Handynummer",
+           "otp": "Einmalcode", "reset_token": "Link oder Code aus der E-Mail", "pin": "PIN-Code",
+           "pin_confirm": "PIN-Code (Bestätigung)"},
+    "en": {"matricule": "Matricule", "activation_code": "Activation code", "password": "Password",
+           "password_confirm": "Password (again)", "email": "E-mail", "phone": "Mobile number",
+           "otp": "One-time code", "reset_token": "Link or code from the e-mail", "pin": "PIN",
+           "pin_confirm": "PIN (again)"},
 }
 
 
@@ -108,7 +117,8 @@ def chat(gateway_url: str, language: str | None = None) -> None:
         while True:
             try:
                 if pending:
-                    label = KIND_LABELS.get(pending, pending)
+                    label = KIND_LABELS.get(lang, KIND_LABELS["fr"]).get(pending, pending)
+                    sys.stdout.flush()
                     value = getpass.getpass(f"{label} {words['private']}: ")
                     if not value.strip():
                         pending = None  # an empty entry goes back to the open chat (e.g. to say "annuler")
@@ -133,4 +143,7 @@ def chat(gateway_url: str, language: str | None = None) -> None:
                 continue
             data = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
             buttons, pending = show(data.get("messages", []))
+            if data.get("language") in PROMPTS:
+                lang = data["language"]
+                words = PROMPTS[lang]
             outbox.show_new(words)

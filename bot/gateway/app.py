@@ -72,9 +72,10 @@ class OutMessage(BaseModel):
 
 
 class Reply(BaseModel):
-    """What the assistant answers to one turn."""
+    """What the assistant answers to one turn, and the conversation's language after it."""
 
     messages: list[OutMessage]
+    language: str | None = Field(default=None, description="fr, de or en")
 
 
 class MessageIn(BaseModel):
@@ -215,6 +216,7 @@ class Gateway:
         reply = self.to_reply(state, raw)
         await asyncio.to_thread(store.save, state)
         reply.messages[:0] = [OutMessage(text=messages.text(note, state.language)) for note in notes]
+        reply.language = state.language
         return reply
 
 
@@ -316,7 +318,8 @@ async def post_message(conversation_id: ConversationId, body: MessageIn, request
         text, masked = redact.clean(body.text or "")
         await choose_language(state, body.language, text)
         if not text.replace(redact.PLACEHOLDER, "").strip():
-            reply = Reply(messages=[OutMessage(text=messages.text("masked" if masked else "empty", state.language))])
+            reply = Reply(messages=[OutMessage(text=messages.text("masked" if masked else "empty", state.language))],
+                          language=state.language)
             await asyncio.to_thread(store.save, state)
             return reply
         return await gateway.turn(state, text, ["masked"] if masked else [])
