@@ -155,7 +155,8 @@ class ValidateActivationForm(TaskFormValidation):
             matricule_ref=tracker.get_slot(MATRICULE_REF), code_ref=tracker.get_slot(ACTIVATION_CODE_REF),
             password_ref=tracker.get_slot(NEW_PASSWORD_REF), channel=tracker.get_slot(CONTACT_CHANNEL),
             address_ref=value, language=language_of(tracker),
-            retry={"activation_locked": ABORT, "account_already_active": ABORT, "input_expired": ABORT},
+            retry={"activation_locked": ABORT, "account_already_active": ABORT, "input_expired": ABORT,
+                   "otp_send_limit": ABORT},
         )
         if masked:
             dispatcher.utter_message(response="utter_code_sent", masked_address=masked)
@@ -230,7 +231,8 @@ class ValidateLoginForm(TaskFormValidation):
             dispatcher, PASSWORD_REF, value, accounts.begin_login, tracker.sender_id,
             matricule_ref=tracker.get_slot(MATRICULE_REF), password_ref=value, language=language_of(tracker),
             retry={"credentials_wrong": (MATRICULE_REF,), "input_expired": (MATRICULE_REF,),
-                   "account_not_active": ABORT, "account_locked": ABORT, "login_delay": ABORT},
+                   "account_not_active": ABORT, "account_locked": ABORT, "login_delay": ABORT,
+                   "otp_send_limit": ABORT},
         )
         if masked:
             dispatcher.utter_message(response="utter_code_sent", masked_address=masked)

@@ -75,7 +75,7 @@ ERROR_CODES = frozenset({
     "activation_code_wrong", "activation_locked", "account_already_active",
     "password_too_short", "password_too_long", "password_common", "password_mismatch",
     "contact_invalid_email", "contact_invalid_phone",
-    "otp_wrong", "otp_expired", "otp_exhausted",
+    "otp_wrong", "otp_expired", "otp_exhausted", "otp_send_limit",
     "credentials_wrong", "account_not_active", "account_locked", "login_delay",
     "input_expired", "reset_token_invalid",
     "pin_format", "pin_weak", "pin_mismatch", "pin_wrong", "pin_locked", "pin_not_set", "not_logged_in",

@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import pyotp
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from bot.dsp import clock
 from bot.dsp.errors import CodeRejected
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from bot.dsp.uow import UnitOfWork
 
 MAX_ATTEMPTS = 5
+#: At most this many codes are sent to one account per hour, whatever the purpose, so that
+#: nobody can flood a holder's phone or mailbox by asking again and again.
+MAX_CODES_PER_HOUR = 8
 PURPOSES = ("activation", "login")
 
 
@@ -47,10 +50,20 @@ def issue(uow: UnitOfWork, account: Account, purpose: str, conversation_id: str)
 
     Returns:
         The 6-digit code.
+
+    Raises:
+        CodeRejected: ``otp_send_limit`` when MAX_CODES_PER_HOUR codes were sent in the last hour.
     """
     if purpose not in PURPOSES:
         raise ValueError("unknown purpose")
     now = clock.now()
+    sent = uow.session.scalar(
+        select(func.count(OneTimeCode.id)).where(
+            OneTimeCode.account_id == account.id, OneTimeCode.created_at > now - timedelta(hours=1)
+        )
+    )
+    if (sent or 0) >= MAX_CODES_PER_HOUR:
+        raise CodeRejected("otp_send_limit")
     uow.session.execute(
         update(OneTimeCode)
         .where(

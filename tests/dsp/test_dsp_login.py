@@ -1,7 +1,7 @@
 from datetime import date
 
 import pytest
-from dsp_helpers import Client, code_in, last_message
+from dsp_helpers import Client, code_in, last_message, message_count
 from sqlalchemy import select
 
 import bot.dsp as dsp
@@ -233,3 +233,18 @@ def test_resend_login_code(client):
     if first != second:
         assert _err(_complete, client, HOFFMANN.matricule, first).code in ("otp_wrong", "otp_expired")
     assert _complete(client, HOFFMANN.matricule, second).needs_terms is False
+
+
+def test_codes_sent_to_one_account_are_capped_per_hour(client, fake_clock):
+    from bot.dsp.otp import MAX_CODES_PER_HOUR
+
+    m_ref = client.ref("matricule", HOFFMANN.matricule)
+    _begin(client, HOFFMANN.matricule)
+    for _ in range(MAX_CODES_PER_HOUR - 1):
+        client.call(dsp.resend_code, matricule_ref=m_ref, purpose="login")
+    sent = message_count(HOFFMANN.email)
+    assert _err(client.call, dsp.resend_code, matricule_ref=m_ref, purpose="login").code == "otp_send_limit"
+    assert message_count(HOFFMANN.email) == sent
+    fake_clock.advance(seconds=3601)
+    _begin(client, HOFFMANN.matricule)
+    assert message_count(HOFFMANN.email) == sent + 1
