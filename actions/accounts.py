@@ -87,6 +87,24 @@ class TaskFormValidation(FormValidationAction):
             return {slot: None, **{name: None for name in extra}, **(also or {}).get(code, {})}, None
         return {slot: value}, result
 
+    # Validators shared by the forms that ask these slots (a form only calls those of its slots).
+
+    async def validate_matricule_ref(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Check the matricule's form (13 digits, date, Luhn and Verhoeff digits)."""
+        slots, _ = await self.check(dispatcher, MATRICULE_REF, value, accounts.check_matricule, tracker.sender_id,
+                                    value)
+        return slots
+
+    async def validate_new_password_ref(
+        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Result:
+        """Check the new password against the policy."""
+        slots, _ = await self.check(dispatcher, NEW_PASSWORD_REF, value, accounts.check_new_password,
+                                    tracker.sender_id, value, tracker.get_slot(MATRICULE_REF))
+        return slots
+
 
 ABORT = ("__abort__",)
 
@@ -98,14 +116,6 @@ class ValidateActivationForm(TaskFormValidation):
         """Return the action name."""
         return "validate_activation_form"
 
-    async def validate_matricule_ref(
-        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> Result:
-        """Check the matricule's form (13 digits, date, Luhn and Verhoeff digits)."""
-        slots, _ = await self.check(dispatcher, MATRICULE_REF, value, accounts.check_matricule, tracker.sender_id,
-                                    value)
-        return slots
-
     async def validate_activation_code_ref(
         self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> Result:
@@ -115,14 +125,6 @@ class ValidateActivationForm(TaskFormValidation):
             tracker.get_slot(MATRICULE_REF), value,
             retry={"activation_locked": ABORT, "account_already_active": ABORT, "input_expired": (MATRICULE_REF,)},
         )
-        return slots
-
-    async def validate_new_password_ref(
-        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> Result:
-        """Check the new password against the policy."""
-        slots, _ = await self.check(dispatcher, NEW_PASSWORD_REF, value, accounts.check_new_password,
-                                    tracker.sender_id, value, tracker.get_slot(MATRICULE_REF))
         return slots
 
     async def validate_password_confirm_ref(
@@ -215,14 +217,6 @@ class ValidateLoginForm(TaskFormValidation):
         )
         return slots
 
-    async def validate_matricule_ref(
-        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> Result:
-        """Check the matricule's form."""
-        slots, _ = await self.check(dispatcher, MATRICULE_REF, value, accounts.check_matricule, tracker.sender_id,
-                                    value)
-        return slots
-
     async def validate_password_ref(
         self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> Result:
@@ -257,14 +251,6 @@ class ValidateResetForm(TaskFormValidation):
         """Return the action name."""
         return "validate_reset_form"
 
-    async def validate_matricule_ref(
-        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> Result:
-        """Check the matricule's form."""
-        slots, _ = await self.check(dispatcher, MATRICULE_REF, value, accounts.check_matricule, tracker.sender_id,
-                                    value)
-        return slots
-
     async def validate_email_ref(
         self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> Result:
@@ -284,14 +270,6 @@ class ValidateResetForm(TaskFormValidation):
         """Check the pasted link or code before asking the new password."""
         slots, _ = await self.check(dispatcher, RESET_TOKEN_REF, value, accounts.check_reset_token,
                                     tracker.sender_id, value)
-        return slots
-
-    async def validate_new_password_ref(
-        self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> Result:
-        """Check the new password against the policy."""
-        slots, _ = await self.check(dispatcher, NEW_PASSWORD_REF, value, accounts.check_new_password,
-                                    tracker.sender_id, value, tracker.get_slot(MATRICULE_REF))
         return slots
 
     async def validate_password_confirm_ref(

@@ -345,3 +345,14 @@ def test_an_old_button_cannot_be_replayed(services):
     chat.choose(chat.buttons[1]["payload"])
     response = chat.client.post(f"{chat.base}/messages", json={"payload": old})
     assert response.status_code == 409
+
+
+def test_language_can_be_switched_at_any_time(services):
+    chat = Chat(services.gateway_url, services.key, services.env, None)
+    chat.say("Bonjour, j'ai une question sur mon dossier")
+    assert services.rasa.tracker(chat.id)["slots"]["language"] == "fr"
+    chat.say("in English please")
+    assert services.rasa.tracker(chat.id)["slots"]["language"] == "en"
+    assert services.rasa.responses(chat.id)[-1] == "utter_language_switched"
+    chat.say("ok")  # too short to detect: the conversation keeps English
+    assert services.rasa.tracker(chat.id)["slots"]["language"] == "en"
