@@ -353,6 +353,6 @@ def test_language_can_be_switched_at_any_time(services):
     assert services.rasa.tracker(chat.id)["slots"]["language"] == "fr"
     chat.say("in English please")
     assert services.rasa.tracker(chat.id)["slots"]["language"] == "en"
-    assert services.rasa.responses(chat.id)[-1] == "utter_language_switched"
+    assert "utter_language_switched" in services.rasa.responses(chat.id)[-2:]
     chat.say("ok")  # too short to detect: the conversation keeps English
     assert services.rasa.tracker(chat.id)["slots"]["language"] == "en"
