@@ -31,6 +31,7 @@ from actions.common import (
     RESET_TOKEN_REF,
     TASK_ABORTED,
     ServiceFailure,
+    call_or_say,
     call_service,
     clear_task_slots,
     language_of,
@@ -419,10 +420,8 @@ class ActionAcceptTerms(Action):
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
         """Accept the terms for the logged-in patient, then offer a PIN."""
-        try:
-            await call_service(accounts.accept_terms, tracker.sender_id)
-        except (DspError, ServiceFailure) as error:
-            utter_error(dispatcher, error)
+        ok, _ = await call_or_say(dispatcher, accounts.accept_terms, tracker.sender_id)
+        if not ok:
             return []
         dispatcher.utter_message(response="utter_logged_in")
         dispatcher.utter_message(response="utter_offer_pin")
@@ -438,12 +437,9 @@ class ActionRefuseTerms(Action):
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
         """Log out and explain why."""
-        try:
-            await call_service(accounts.log_out, tracker.sender_id)
-        except (DspError, ServiceFailure) as error:
-            utter_error(dispatcher, error)
-            return []
-        dispatcher.utter_message(response="utter_terms_refused")
+        ok, _ = await call_or_say(dispatcher, accounts.log_out, tracker.sender_id)
+        if ok:
+            dispatcher.utter_message(response="utter_terms_refused")
         return []
 
 
@@ -456,10 +452,8 @@ class ActionLogOut(Action):
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
         """Log out, or say nobody was logged in."""
-        try:
-            ended = await call_service(accounts.log_out, tracker.sender_id)
-        except (DspError, ServiceFailure) as error:
-            utter_error(dispatcher, error)
+        ok, ended = await call_or_say(dispatcher, accounts.log_out, tracker.sender_id)
+        if not ok:
             return []
         dispatcher.utter_message(response="utter_logged_out" if ended else "utter_not_logged_in")
         return []
@@ -478,14 +472,11 @@ class ActionResendCode(Action):
         if purpose is None or tracker.get_slot("requested_slot") != "otp_ref":
             dispatcher.utter_message(response="utter_anything_else")
             return []
-        try:
-            masked = await call_service(accounts.resend_code, tracker.sender_id,
-                                        matricule_ref=tracker.get_slot(MATRICULE_REF), purpose=purpose,
-                                        language=language_of(tracker))
-        except (DspError, ServiceFailure) as error:
-            utter_error(dispatcher, error)
-            return []
-        dispatcher.utter_message(response="utter_new_code_sent", masked_address=masked)
+        ok, masked = await call_or_say(dispatcher, accounts.resend_code, tracker.sender_id,
+                                       matricule_ref=tracker.get_slot(MATRICULE_REF), purpose=purpose,
+                                       language=language_of(tracker))
+        if ok:
+            dispatcher.utter_message(response="utter_new_code_sent", masked_address=masked)
         return []
 
 

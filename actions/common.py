@@ -80,6 +80,20 @@ async def call_service(service: Callable[..., T], *args: Any, **kwargs: Any) -> 
         raise ServiceFailure(type(exc).__name__) from None
 
 
+async def call_or_say(dispatcher: CollectingDispatcher, service: Callable[..., T], *args: Any,
+                      **kwargs: Any) -> tuple[bool, T | None]:
+    """Run a service with `call_service`; on a refusal or failure, answer it to the user.
+
+    Returns:
+        (True, the service's result), or (False, None) once the error was answered.
+    """
+    try:
+        return True, await call_service(service, *args, **kwargs)
+    except (DspError, ServiceFailure) as error:
+        utter_error(dispatcher, error)
+        return False, None
+
+
 def utter_error(dispatcher: CollectingDispatcher, error: Exception) -> None:
     """Answer a failure with its named response (`utter_err_<code>`, or `utter_err_internal`)."""
     if isinstance(error, DspError):

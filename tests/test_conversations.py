@@ -356,3 +356,24 @@ def test_language_can_be_switched_at_any_time(services):
     assert "utter_language_switched" in services.rasa.responses(chat.id)[-2:]
     chat.say("ok")  # too short to detect: the conversation keeps English
     assert services.rasa.tracker(chat.id)["slots"]["language"] == "en"
+
+
+def test_a_new_code_on_request_and_the_terms_refused(services):
+    patient = new_letter(services)
+    activate(services, "fr", patient)
+    chat = Chat(services.gateway_url, services.key, services.env, "fr")
+    chat.say(UTTERANCES["fr"]["login"])
+    chat.protect(patient["matricule"])
+    chat.protect(patient["password"])
+    first = chat.outbox_code(patient["email"])
+    chat.say("je n'ai pas reçu le code")
+    assert "utter_new_code_sent" in services.rasa.responses(chat.id)
+    assert chat.pending == "otp"
+    second = chat.outbox_code(patient["email"])
+    if first != second:
+        chat.protect(first)  # the older code no longer works
+        assert chat.pending == "otp"
+    chat.protect(second)
+    assert services.rasa.responses(chat.id)[-1] == "utter_ask_terms"
+    chat.choose("/refuse_terms")
+    assert services.rasa.responses(chat.id)[-1] == "utter_terms_refused"
