@@ -48,6 +48,7 @@ from bot.dsp.notify import get_notifier, mask_address
 from bot.dsp.orm import (
     Account,
     ActivationProbe,
+    LoginProbe,
     LoginSession,
     Patient,
     PendingActivation,
@@ -566,18 +567,19 @@ def _delay_seconds(failures: int) -> int:
     return BASE_DELAY_SECONDS * 2 ** (failures - DELAY_AFTER_FAILURES)
 
 
-def _check_not_locked(uow: UnitOfWork, conversation_id: str, account: Account, action: str) -> None:
+def _check_not_locked(uow: UnitOfWork, conversation_id: str, account: Account | LoginProbe, action: str) -> None:
+    audited = account if isinstance(account, Account) else None
     if account.permanently_locked:
-        _audit(uow, conversation_id, action, "account_locked", account)
+        _audit(uow, conversation_id, action, "account_locked", audited)
         _fail(uow, AuthError("account_locked"))
     now = clock.now()
     if account.locked_until is not None and account.locked_until > now:
         wait = math.ceil((account.locked_until - now).total_seconds())
-        _audit(uow, conversation_id, action, "login_delay", account)
+        _audit(uow, conversation_id, action, "login_delay", audited)
         _fail(uow, AuthError("login_delay", retry_after_seconds=wait))
 
 
-def _register_failure(account: Account) -> AuthError:
+def _register_failure(account: Account | LoginProbe) -> AuthError:
     """Count a failed login (password or one-time code) and return the error to answer."""
     account.failed_logins += 1
     if account.failed_logins >= LOCK_AFTER_FAILURES:
@@ -616,8 +618,15 @@ def begin_login(
     account = _account_for(uow, matricule)
     if account is None:
         verify_password(None, password)  # same work as for a known account
+        key = keyed_hash("login-probe", matricule)
+        probe = uow.session.scalars(select(LoginProbe).where(LoginProbe.key_hash == key)).first()
+        if probe is None:
+            probe = LoginProbe(key_hash=key, failed_logins=0, permanently_locked=False)
+            uow.session.add(probe)
+        _check_not_locked(uow, conversation_id, probe, action)
+        error = _register_failure(probe)
         _audit(uow, conversation_id, action, "unknown_matricule")
-        _fail(uow, AuthError("credentials_wrong"))
+        _fail(uow, error)
     _check_not_locked(uow, conversation_id, account, action)
     if account.state != "activated" or account.password_hash is None:
         _audit(uow, conversation_id, action, "account_not_active", account)

@@ -79,6 +79,22 @@ class ActivationProbe(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class LoginProbe(Base):
+    """Failure counter for logins on an unknown matricule (keyed by its HMAC).
+
+    Lets an unknown matricule go through the same answers as a known one with wrong passwords
+    (delays, then the lock), so that the login reveals no account's existence.
+    """
+
+    __tablename__ = "login_probes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    permanently_locked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class PendingActivation(Base):
     """Password hash and contact chosen during activation, waiting for the one-time code."""
 

@@ -248,3 +248,16 @@ def test_codes_sent_to_one_account_are_capped_per_hour(client, fake_clock):
     fake_clock.advance(seconds=3601)
     _begin(client, HOFFMANN.matricule)
     assert message_count(HOFFMANN.email) == sent + 1
+
+
+def test_an_unknown_matricule_goes_through_the_same_delays_as_a_known_one(client, fake_clock):
+    unknown = dsp.generate_matricule(date(1970, 1, 1), 997)
+    seen = {"unknown": [], "known": []}
+    for _ in range(4):
+        for name, matricule in (("unknown", unknown), ("known", HOFFMANN.matricule)):
+            error = _err(_begin, client, matricule, "Wrong-Password-123")
+            seen[name].append((error.code, error.params))
+        fake_clock.advance(seconds=4000)  # past every delay
+    assert seen["unknown"] == seen["known"]
+    assert [code for code, _ in seen["known"]] == ["credentials_wrong", "credentials_wrong", "login_delay",
+                                                   "login_delay"]
