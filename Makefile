@@ -37,10 +37,13 @@ $(RASA_VENV)/.installed: requirements-rasa.txt $(VENV)/.installed
 setup: $(VENV)/.installed $(RASA_VENV)/.installed $(MODEL) db  ## Create what is missing: environments, model, database
 
 $(MODEL): $(RASA_VENV)/.installed $(TRAINING_FILES)
-	@echo "Training the Rasa model (only when data, domain or config changed)..."
-	@start=$$(date +%s); \
-	PYTHONWARNINGS=ignore $(RASA) train --domain domain --data data --config config.yml --out models --fixed-model-name mydsp --quiet \
-	  && echo "Model trained in $$(( $$(date +%s) - start )) s"
+	@log=$${DSP_STATE_DIR:-var}/logs/train.log; mkdir -p $$(dirname $$log); \
+	echo "Training the Rasa model (only when data, domain or config changed; log in $$log)..."; \
+	start=$$(date +%s); \
+	if PYTHONWARNINGS=ignore $(RASA) train --domain domain --data data --config config.yml --out models \
+	     --fixed-model-name mydsp > $$log 2>&1; then \
+	  echo "Model trained in $$(( $$(date +%s) - start )) s"; \
+	else tail -n 40 $$log; echo "Training failed: see $$log"; exit 1; fi
 
 model: $(MODEL)  ## Train the Rasa model if data, domain or config changed
 

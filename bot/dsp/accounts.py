@@ -41,6 +41,7 @@ from bot.dsp.errors import (
     PasswordRejected,
     PinError,
     ResetTokenInvalid,
+    VaultMiss,
 )
 from bot.dsp.matricule import generate_matricule, normalize_matricule
 from bot.dsp.messages import otp_message, reset_message
@@ -126,12 +127,26 @@ def _fail(uow: UnitOfWork, error: DspError) -> NoReturn:
     raise error
 
 
-def _reveal(uow: UnitOfWork, conversation_id: str, ref: str) -> str:
-    return vault.reveal(uow, conversation_id, ref)[1]
+PASSWORD_KINDS = ("password", "password_confirm")
+PIN_KINDS = ("pin", "pin_confirm")
+ADDRESS_KINDS = ("email", "phone")
+
+
+def _reveal(uow: UnitOfWork, conversation_id: str, ref: str, kinds: tuple[str, ...]) -> str:
+    """Return the value behind a vault reference, if it was asked as one of `kinds`.
+
+    Raises:
+        VaultMiss: ``input_expired`` also when the reference holds another kind of value (an
+            answer given to another question is never used in its place).
+    """
+    kind, value = vault.reveal(uow, conversation_id, ref)
+    if kind not in kinds:
+        raise VaultMiss()
+    return value
 
 
 def _matricule(uow: UnitOfWork, conversation_id: str, ref: str) -> str:
-    return normalize_matricule(_reveal(uow, conversation_id, ref))
+    return normalize_matricule(_reveal(uow, conversation_id, ref, ("matricule",)))
 
 
 def _account_for(uow: UnitOfWork, matricule: str) -> Account | None:
@@ -352,7 +367,7 @@ def verify_activation_code(uow: UnitOfWork, conversation_id: str, matricule_ref:
             helpdesk), ``account_already_active`` (only once the right code is given).
     """
     matricule = _matricule(uow, conversation_id, matricule_ref)
-    code = _reveal(uow, conversation_id, code_ref)
+    code = _reveal(uow, conversation_id, code_ref, ("activation_code",))
     account = _verify_activation(uow, conversation_id, matricule, code)
     _audit(uow, conversation_id, "activation.verify_code", "ok", account)
     uow.commit()
@@ -368,7 +383,7 @@ def check_new_password(
         PasswordRejected: ``password_too_short`` {min_length}, ``password_too_long``
             {max_length}, ``password_common``.
     """
-    password = _reveal(uow, conversation_id, password_ref)
+    password = _reveal(uow, conversation_id, password_ref, PASSWORD_KINDS)
     matricule = None
     if matricule_ref:
         try:
@@ -385,8 +400,8 @@ def confirm_password(uow: UnitOfWork, conversation_id: str, password_ref: str, c
         VaultMiss: ``input_expired``.
         PasswordRejected: ``password_mismatch``.
     """
-    first = unicodedata.normalize("NFKC", _reveal(uow, conversation_id, password_ref)).encode()
-    second = unicodedata.normalize("NFKC", _reveal(uow, conversation_id, confirm_ref)).encode()
+    first = unicodedata.normalize("NFKC", _reveal(uow, conversation_id, password_ref, PASSWORD_KINDS)).encode()
+    second = unicodedata.normalize("NFKC", _reveal(uow, conversation_id, confirm_ref, PASSWORD_KINDS)).encode()
     if not hmac.compare_digest(first, second):
         raise PasswordRejected("password_mismatch")
 
@@ -409,7 +424,7 @@ def check_contact(uow: UnitOfWork, conversation_id: str, channel: str, address_r
         ValueError: Unknown channel (a programming error).
     """
     kind = _channel(channel)
-    return mask_address(kind, _normalize_address(kind, _reveal(uow, conversation_id, address_ref)))
+    return mask_address(kind, _normalize_address(kind, _reveal(uow, conversation_id, address_ref, ADDRESS_KINDS)))
 
 
 def begin_activation(
@@ -439,11 +454,12 @@ def begin_activation(
         ContactInvalid: ``contact_invalid_*``.
     """
     matricule = _matricule(uow, conversation_id, matricule_ref)
-    account = _verify_activation(uow, conversation_id, matricule, _reveal(uow, conversation_id, code_ref))
-    password = _reveal(uow, conversation_id, password_ref)
+    code = _reveal(uow, conversation_id, code_ref, ("activation_code",))
+    account = _verify_activation(uow, conversation_id, matricule, code)
+    password = _reveal(uow, conversation_id, password_ref, PASSWORD_KINDS)
     check_password_policy(password, matricule)
     kind = _channel(channel)
-    address = _normalize_address(kind, _reveal(uow, conversation_id, address_ref))
+    address = _normalize_address(kind, _reveal(uow, conversation_id, address_ref, ADDRESS_KINDS))
     for old in uow.session.scalars(
         select(PendingActivation).where(PendingActivation.account_id == account.id)
     ):
@@ -485,7 +501,7 @@ def complete_activation(uow: UnitOfWork, conversation_id: str, *, matricule_ref:
             nothing is pending for this conversation, e.g. a replay after success).
     """
     matricule = _matricule(uow, conversation_id, matricule_ref)
-    code = _reveal(uow, conversation_id, otp_ref)
+    code = _reveal(uow, conversation_id, otp_ref, ("otp",))
     action = "activation.complete"
     account = _account_for(uow, matricule)
     pending = (
@@ -613,7 +629,7 @@ def begin_login(
             ``login_delay`` {retry_after_seconds}, ``account_locked``, ``account_not_active``.
     """
     matricule = _matricule(uow, conversation_id, matricule_ref)
-    password = _reveal(uow, conversation_id, password_ref)
+    password = _reveal(uow, conversation_id, password_ref, PASSWORD_KINDS)
     action = "login.password"
     account = _account_for(uow, matricule)
     if account is None:
@@ -680,7 +696,7 @@ def complete_login(uow: UnitOfWork, conversation_id: str, *, matricule_ref: str,
             reaches the lock threshold answers ``account_locked``).
     """
     matricule = _matricule(uow, conversation_id, matricule_ref)
-    code = _reveal(uow, conversation_id, otp_ref)
+    code = _reveal(uow, conversation_id, otp_ref, ("otp",))
     action = "login.otp"
     account = _account_for(uow, matricule)
     if account is None or account.state != "activated":
@@ -810,12 +826,12 @@ def set_pin(uow: UnitOfWork, conversation_id: str, *, pin_ref: str, confirm_ref:
         PinError: ``pin_format``, ``pin_weak``, ``pin_mismatch``.
     """
     row = _require_session(uow, conversation_id)
-    pin = _reveal(uow, conversation_id, pin_ref).strip()
+    pin = _reveal(uow, conversation_id, pin_ref, PIN_KINDS).strip()
     if not re.fullmatch(r"[0-9]{4,6}", pin):
         raise PinError("pin_format")
     if _pin_is_weak(pin):
         raise PinError("pin_weak")
-    confirm = _reveal(uow, conversation_id, confirm_ref).strip()
+    confirm = _reveal(uow, conversation_id, confirm_ref, PIN_KINDS).strip()
     if not hmac.compare_digest(pin.encode(), confirm.encode()):
         raise PinError("pin_mismatch")
     account = _account_of_patient(uow, row.patient_id)
@@ -852,7 +868,7 @@ def log_in_with_pin(
         AuthError: ``account_locked``, ``login_delay`` {retry_after_seconds}.
     """
     matricule = _matricule(uow, conversation_id, matricule_ref)
-    pin = _reveal(uow, conversation_id, pin_ref).strip()
+    pin = _reveal(uow, conversation_id, pin_ref, PIN_KINDS).strip()
     action = "login.pin"
     account = _account_for(uow, matricule)
     if (
@@ -906,7 +922,7 @@ def request_password_reset(
         ContactInvalid: ``contact_invalid_email`` (syntax only).
     """
     matricule = _matricule(uow, conversation_id, matricule_ref)
-    email = normalize_email(_reveal(uow, conversation_id, email_ref))
+    email = normalize_email(_reveal(uow, conversation_id, email_ref, ("email",)))
     action = "password_reset.request"
     account = _account_for(uow, matricule)
     if account is None:
@@ -967,7 +983,7 @@ def check_reset_token(uow: UnitOfWork, conversation_id: str, token_ref: str) -> 
         VaultMiss: ``input_expired``.
         ResetTokenInvalid: ``reset_token_invalid`` (unknown, expired or used).
     """
-    token = _extract_token(_reveal(uow, conversation_id, token_ref))
+    token = _extract_token(_reveal(uow, conversation_id, token_ref, ("reset_token",)))
     row = _valid_reset_token(uow, token)
     if row is None:
         _audit(uow, conversation_id, "password_reset.check", "reset_token_invalid")
@@ -989,8 +1005,8 @@ def complete_password_reset(
         ResetTokenInvalid: ``reset_token_invalid`` (unknown, expired or used).
         PasswordRejected: ``password_*``.
     """
-    token = _extract_token(_reveal(uow, conversation_id, token_ref))
-    password = _reveal(uow, conversation_id, password_ref)
+    token = _extract_token(_reveal(uow, conversation_id, token_ref, ("reset_token",)))
+    password = _reveal(uow, conversation_id, password_ref, PASSWORD_KINDS)
     action = "password_reset.complete"
     row = uow.session.scalars(
         select(ResetToken).where(ResetToken.token_hash == keyed_hash("reset", token))

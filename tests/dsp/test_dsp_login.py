@@ -261,3 +261,10 @@ def test_an_unknown_matricule_goes_through_the_same_delays_as_a_known_one(client
     assert seen["unknown"] == seen["known"]
     assert [code for code, _ in seen["known"]] == ["credentials_wrong", "credentials_wrong", "login_delay",
                                                    "login_delay"]
+
+
+def test_an_answer_to_another_question_is_never_used_in_its_place(client):
+    # A one-time code's reference offered as the password: refused as if expired.
+    error = _err(client.call, dsp.begin_login, matricule_ref=client.ref("matricule", HOFFMANN.matricule),
+                 password_ref=client.ref("otp", DEMO_PASSWORD), language="en")
+    assert error.code == "input_expired"
