@@ -113,7 +113,8 @@ def test_contact_validation(client):
 
 def test_password_mismatch(client):
     error = _err(
-        client.call, dsp.confirm_password, client.ref("password", PASSWORD), client.ref("password_confirm", PASSWORD + "x")
+        client.call, dsp.confirm_password, client.ref("password", PASSWORD),
+        client.ref("password_confirm", PASSWORD + "x"),
     )
     assert error.code == "password_mismatch"
 
