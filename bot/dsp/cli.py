@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from bot.dsp.accounts import issue_letter, normalize_email, normalize_phone
 from bot.dsp.db import init_db
-from bot.dsp.demo import seed_demo
+from bot.dsp.demo import DEMO_PASSWORD, DEMO_PATIENTS, seed_demo
 from bot.dsp.errors import DspError
 from bot.dsp.orm import AuditEvent, OutboxMessage
 from bot.dsp.uow import UnitOfWork
@@ -51,6 +51,18 @@ def _cmd_init_db(_args: argparse.Namespace) -> int:
 def _cmd_seed_demo(_args: argparse.Namespace) -> int:
     with UnitOfWork() as uow:
         seed_demo(uow)
+    return 0
+
+
+def _cmd_demo_patients(_args: argparse.Namespace) -> int:
+    """Print the demo patients (fictitious) with what the walkthrough needs, as a JSON list."""
+    rows = [
+        {"name": f"{p.given_name} {p.family_name}", "state": p.state, "matricule": p.matricule,
+         "activation_code": p.activation_code if p.state == "issued" else None,
+         "password": DEMO_PASSWORD if p.state == "activated" else None, "email": p.email, "phone": p.phone}
+        for p in DEMO_PATIENTS
+    ]
+    print(json.dumps(rows, ensure_ascii=False, indent=1))
     return 0
 
 
@@ -114,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("init-db", help="create the tables").set_defaults(func=_cmd_init_db)
     sub.add_parser("seed-demo", help="insert demo professionals and patients").set_defaults(
         func=_cmd_seed_demo
+    )
+    sub.add_parser("demo-patients", help="list the demo patients (fictitious) as JSON").set_defaults(
+        func=_cmd_demo_patients
     )
     letter = sub.add_parser("issue-letter", help="create a patient with an activation letter")
     letter.add_argument("--email")

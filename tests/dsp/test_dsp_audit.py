@@ -177,3 +177,13 @@ def test_cli_issue_letter_and_outbox(tmp_path):
 def test_demo_password_documented():
     assert DEMO_PASSWORD == "Demo-Mot-de-Passe-2026"
     assert len({p.matricule for p in DEMO_PATIENTS}) == len(DEMO_PATIENTS)
+
+
+def test_cli_lists_the_demo_patients_and_seeding_makes_them_real(tmp_path):
+    state = tmp_path / "demo"
+    assert _dsp(state, "seed-demo").returncode == 0
+    listed = json.loads(_dsp(state, "demo-patients").stdout)
+    assert {p["state"] for p in listed} == {"issued", "activated", "locked"}
+    assert all(dsp.normalize_matricule(p["matricule"]) == p["matricule"] for p in listed)
+    activated = next(p for p in listed if p["state"] == "activated" and p["email"])
+    assert activated["password"] == dsp.DEMO_PASSWORD
