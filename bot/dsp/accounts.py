@@ -1020,13 +1020,19 @@ def complete_password_reset(
     if account is None:  # pragma: no cover - foreign key guarantees it
         _fail(uow, ResetTokenInvalid())
     check_password_policy(password, account.patient.matricule)
+    # Single use even under parallel requests: only the one request that flips used_at wins.
+    claimed = uow.session.execute(
+        update(ResetToken).where(ResetToken.id == row.id, ResetToken.used_at.is_(None)).values(used_at=now)
+    )
+    if claimed.rowcount != 1:
+        _audit(uow, conversation_id, action, "reset_token_invalid", account)
+        _fail(uow, ResetTokenInvalid())
     account.password_hash = hash_password(password)
     account.failed_logins = 0
     account.locked_until = None
     account.pin_hash = None
     account.pin_conversation_id = None
     account.pin_failures = 0
-    row.used_at = now
     uow.session.execute(
         update(LoginSession)
         .where(LoginSession.patient_id == account.patient_id, LoginSession.ended_at.is_(None))

@@ -125,7 +125,12 @@ def verify(uow: UnitOfWork, account: Account, purpose: str, conversation_id: str
         raise CodeRejected("otp_exhausted")
     typed = "".join((code or "").split())
     if typed.isascii() and typed.isdigit() and same_hash(row.code_hash, _hash(account.id, purpose, typed)):
-        row.used_at = now
+        # Single use even under parallel requests: only the request that flips used_at wins.
+        claimed = uow.session.execute(
+            update(OneTimeCode).where(OneTimeCode.id == row.id, OneTimeCode.used_at.is_(None)).values(used_at=now)
+        )
+        if claimed.rowcount != 1:
+            raise CodeRejected("otp_expired")
         return
     row.attempts += 1
     if row.attempts >= MAX_ATTEMPTS:

@@ -151,3 +151,23 @@ def test_permanently_locked_gets_no_link(client):
     _request(client, locked.matricule, locked.email)
     assert message_count(locked.email) == 0
     assert _outcomes() == ["account_locked"]
+
+
+def test_token_single_use_under_parallel_requests(client):
+    """Five parallel resets with one token: exactly one sets the password."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _request(client, HOFFMANN.matricule, HOFFMANN.email)
+    token, _ = _token_and_link(last_message(HOFFMANN.email).body)
+    refs = [(client.ref("reset_token", token), client.ref("password", f"Parallele-Phrase-{i}-2026")) for i in range(5)]
+
+    def attempt(pair: tuple[str, str]) -> bool:
+        try:
+            client.call(dsp.complete_password_reset, token_ref=pair[0], password_ref=pair[1])
+            return True
+        except Exception:  # noqa: BLE001 - a refusal or a database "busy" both count as not done
+            return False
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        done = list(pool.map(attempt, refs))
+    assert done.count(True) == 1
