@@ -77,6 +77,8 @@ class TaskFormValidation(FormValidationAction):
         Returns:
             (slot values to set, the service's result or None on refusal).
         """
+        if value is None:  # a slot cleared by a task switch or a refusal: nothing to check
+            return {slot: None}, None
         try:
             result = await call_service(service, *args, **kwargs)
         except (DspError, ServiceFailure) as error:

@@ -377,3 +377,24 @@ def test_a_new_code_on_request_and_the_terms_refused(services):
     assert services.rasa.responses(chat.id)[-1] == "utter_ask_terms"
     chat.choose("/refuse_terms")
     assert services.rasa.responses(chat.id)[-1] == "utter_terms_refused"
+
+
+def test_a_repeated_protected_post_is_not_taken_for_the_next_question(services):
+    patient = new_letter(services)
+    chat = Chat(services.gateway_url, services.key, services.env, "fr")
+    chat.say(UTTERANCES["fr"]["activate"])
+    chat.client.post(f"{chat.base}/protected", json={"value": patient["matricule"], "kind": "matricule"})
+    again = chat.client.post(f"{chat.base}/protected", json={"value": patient["matricule"], "kind": "matricule"})
+    assert again.status_code == 409
+    assert "utter_err_activation_code_wrong" not in services.rasa.responses(chat.id)
+
+
+def test_switching_task_says_nothing_about_cleared_values(services):
+    patient = new_letter(services)
+    chat = Chat(services.gateway_url, services.key, services.env, "fr")
+    chat.say(UTTERANCES["fr"]["login"])
+    chat.protect(patient["matricule"])
+    chat.say("j'ai oublié mon mot de passe en fait")
+    said = services.rasa.responses(chat.id)
+    assert "utter_err_input_expired" not in said
+    assert chat.pending == "matricule"

@@ -87,3 +87,13 @@ def test_one_word_while_a_secret_is_pending_is_taken_as_the_answer(text, answer)
     from bot.gateway.app import looks_like_an_answer
 
     assert looks_like_an_answer(text) is answer
+
+
+@pytest.mark.parametrize(("text", "kind", "answer"), [("000 743", "otp", True), ("1985 0412 123 45", "matricule", True),
+                                                       ("K3NG 4GE6", "activation_code", True),
+                                                       ("je ne sais pas", "otp", False),
+                                                       ("violet tramway mange", "password", False)])
+def test_grouped_codes_while_a_code_is_pending_are_the_answer(text, kind, answer):
+    from bot.gateway.app import looks_like_an_answer
+
+    assert looks_like_an_answer(text, kind) is answer

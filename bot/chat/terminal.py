@@ -123,7 +123,7 @@ def chat(gateway_url: str, language: str | None = None) -> None:
                     if not value.strip():
                         pending = None  # an empty entry goes back to the open chat (e.g. to say "annuler")
                         continue
-                    response = client.post(f"{base}/protected", json={"value": value})
+                    response = client.post(f"{base}/protected", json={"value": value, "kind": pending})
                 else:
                     text = input(f"{words['you']}> ").strip()
                     if not text:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import time
 import unicodedata
@@ -40,6 +41,10 @@ PROTECTED_INTENT = "provide_protected"
 SUPPORTED_LANGUAGES = ("fr", "de", "en")
 #: Protected kinds taken exactly as typed (a passphrase may start or end with a space).
 KINDS_TAKEN_AS_TYPED = ("password", "password_confirm")
+#: Kinds whose answer may be typed in groups of digits or capitals.
+CODE_KINDS = ("matricule", "activation_code", "otp", "pin", "pin_confirm", "phone")
+#: Largest request body accepted, in bytes.
+MAX_BODY_BYTES = 64_000
 #: One-word replies that stay conversation (not a secret) while a protected input is pending.
 COMMAND_WORDS = frozenset({
     "annuler", "stop", "arreter", "abandonner", "aide", "retour", "helpdesk", "non",
@@ -90,6 +95,8 @@ class ProtectedIn(BaseModel):
     """The answer to a pending protected-input request."""
 
     value: str = Field(max_length=10_000)
+    kind: str | None = Field(default=None, max_length=32,
+                             description="the kind being answered (from protected_input); a mismatch is refused")
 
 
 bearer = HTTPBearer(auto_error=False)
@@ -159,7 +166,7 @@ class Gateway:
         """Turn Rasa's messages into the contract's messages and update the conversation state."""
         out: list[OutMessage] = []
         state.pending_kind = None
-        state.offered = []
+        offered: list[str] = []
         for item in raw:
             custom = item.get("custom")
             if isinstance(custom, dict):
@@ -176,10 +183,13 @@ class Gateway:
                     continue
             buttons = [Button(title=str(b.get("title", "")), payload=str(b.get("payload", "")))
                        for b in item.get("buttons") or [] if b.get("payload")]
-            state.offer([b.payload for b in buttons])
+            offered += [b.payload for b in buttons]
             if item.get("text") or item.get("image") or buttons or custom:
                 out.append(OutMessage(text=item.get("text"), buttons=buttons, image=item.get("image"),
                                       custom=custom if isinstance(custom, dict) else None))
+        if offered:  # new choices replace the old; a reply without choices leaves the open ones valid
+            state.offered = []
+            state.offer(offered)
         if state.pending_kind and out and out[-1].protected_input is None:
             out[-1].protected_input = ProtectedInput(kind=state.pending_kind)
         return Reply(messages=out)
@@ -220,9 +230,17 @@ class Gateway:
         return reply
 
 
-def looks_like_an_answer(text: str) -> bool:
-    """Return True for a one-word text that is not a command word: the answer to a pending secret."""
+def looks_like_an_answer(text: str, kind: str = "") -> bool:
+    """Return True when a text typed in the open chat is the answer to the pending secret.
+
+    One word that is not a command word; for codes and numbers (matricule, activation code,
+    one-time code, PIN, phone) also digits or letters in groups ("000 743", "1985 0412 123 45").
+    """
     words = text.split()
+    if kind in CODE_KINDS and words and re.fullmatch(r"[+0-9A-Za-z .-]{4,40}", text.strip()) and all(
+        any(ch.isdigit() for ch in word) or word.isupper() for word in words
+    ):
+        return True
     if len(words) != 1:
         return False
     folded = unicodedata.normalize("NFKD", words[0].lower()).encode("ascii", "ignore").decode()
@@ -231,6 +249,7 @@ def looks_like_an_answer(text: str) -> bool:
 
 async def choose_language(state: store.ConversationState, requested: str | None, text: str) -> None:
     """Set the conversation's language: the client's choice, else a clear detection, else kept."""
+    requested = (requested or "").strip().lower()
     if requested in SUPPORTED_LANGUAGES:
         state.language = requested
         return
@@ -274,12 +293,18 @@ async def access_log_and_errors(request: Request, call_next: Any) -> Any:
     is answered without a stack trace or a value, and only its type is logged.
     """
     started = time.perf_counter()
+    path = "".join(ch if ch.isprintable() else "?" for ch in request.url.path)[:200]
+    length = request.headers.get("content-length", "")
+    chunked = "chunked" in request.headers.get("transfer-encoding", "")
+    if (length.isdigit() and int(length) > MAX_BODY_BYTES) or (request.method == "POST" and chunked):
+        logger.info("%s %s 413 (body too large)", request.method, path)
+        return JSONResponse({"messages": [{"text": messages.text("too_long", None)}]}, status_code=413)
     try:
         response = await call_next(request)
     except Exception as exc:  # noqa: BLE001 - the last line of defence
-        logger.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        logger.error("unexpected %s on %s %s", type(exc).__name__, request.method, path)
         response = JSONResponse({"messages": [{"text": messages.text("unavailable", None)}]}, status_code=500)
-    logger.info("%s %s %s %.0f ms", request.method, request.url.path, response.status_code,
+    logger.info("%s %s %s %.0f ms", request.method, path, response.status_code,
                 (time.perf_counter() - started) * 1000)
     return response
 
@@ -312,8 +337,10 @@ async def post_message(conversation_id: ConversationId, body: MessageIn, request
             if body.payload not in state.offered:
                 raise HTTPException(status.HTTP_409_CONFLICT, messages.text("unknown_choice", state.language))
             return await gateway.turn(state, body.payload, [])
-        if state.pending_kind and looks_like_an_answer(body.text or ""):
+        if state.pending_kind and looks_like_an_answer(body.text or "", state.pending_kind):
             # A client typed the secret in the open chat: it still goes to the vault, never to Rasa.
+            if (body.language or "").lower() in SUPPORTED_LANGUAGES:
+                state.language = (body.language or "").lower()
             return await gateway.answer_protected(state, body.text or "")
         text, masked = redact.clean(body.text or "")
         await choose_language(state, body.language, text)
@@ -332,7 +359,8 @@ async def post_protected(conversation_id: ConversationId, body: ProtectedIn, req
     gateway = gateway_of(request)
     async with gateway.locks.hold(conversation_id):
         state = await asyncio.to_thread(store.load, conversation_id)
-        if not state.pending_kind:
+        if not state.pending_kind or (body.kind is not None and body.kind != state.pending_kind):
+            # Nothing asked, or an answer to an earlier question (a repeated post) — never reuse it.
             raise HTTPException(status.HTTP_409_CONFLICT, messages.text("nothing_pending", state.language))
         return await gateway.answer_protected(state, body.value)
 
