@@ -339,10 +339,14 @@ def test_a_malformed_request_is_refused_without_echoing_it(services):
 
 
 def test_an_old_button_cannot_be_replayed(services):
+    patient = new_letter(services)
     chat = Chat(services.gateway_url, services.key, services.env, "fr")
     chat.say("bonjour")
-    old = chat.buttons[0]["payload"]
-    chat.choose(chat.buttons[1]["payload"])
+    old = next(b["payload"] for b in chat.buttons if "log_in" in b["payload"])
+    chat.choose(next(b["payload"] for b in chat.buttons if "activate" in b["payload"]))
+    for value in (patient["matricule"], patient["activation_code"], patient["password"], patient["password"]):
+        chat.protect(value)
+    assert any("email" in b["payload"] for b in chat.buttons)  # new choices replace the old ones
     response = chat.client.post(f"{chat.base}/messages", json={"payload": old})
     assert response.status_code == 409
 
