@@ -6,7 +6,7 @@ validator calls one domain service and answers with named responses.
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from typing import Any
 
 from rasa_sdk import Action, FormValidationAction, Tracker
@@ -340,19 +340,32 @@ async def end_task(tracker: Tracker) -> list[EventType]:
     return clear_task_slots()
 
 
-class ActionActivationDone(Action):
+class TaskDoneAction(Action, ABC):
+    """Base of the actions that close a task with one confirmation (shared, abstract)."""
+
+    #: Response confirming the task; an aborted task (its error already said) gets utter_anything_else.
+    done_response: str
+
+    @abstractmethod
+    def name(self) -> str:
+        """Return the action name; concrete subclasses override it."""
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
+        """Confirm the task unless it was aborted, then forget its slots and protected values."""
+        dispatcher.utter_message(
+            response="utter_anything_else" if tracker.get_slot(TASK_ABORTED) else self.done_response
+        )
+        return await end_task(tracker)
+
+
+class ActionActivationDone(TaskDoneAction):
     """Close the activation task."""
+
+    done_response = "utter_activation_done"
 
     def name(self) -> str:
         """Return the action name."""
         return "action_activation_done"
-
-    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
-        """Confirm the activation unless the task was aborted (its error was already said)."""
-        dispatcher.utter_message(
-            response="utter_anything_else" if tracker.get_slot(TASK_ABORTED) else "utter_activation_done"
-        )
-        return await end_task(tracker)
 
 
 class ActionLoginDone(Action):
@@ -380,19 +393,14 @@ class ActionLoginDone(Action):
         return events
 
 
-class ActionResetDone(Action):
+class ActionResetDone(TaskDoneAction):
     """Close the password-reset task."""
+
+    done_response = "utter_password_reset_done"
 
     def name(self) -> str:
         """Return the action name."""
         return "action_reset_done"
-
-    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
-        """Confirm the new password unless the task was aborted."""
-        dispatcher.utter_message(
-            response="utter_anything_else" if tracker.get_slot(TASK_ABORTED) else "utter_password_reset_done"
-        )
-        return await end_task(tracker)
 
 
 class ActionPinDone(Action):

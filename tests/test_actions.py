@@ -118,3 +118,15 @@ async def test_language_comes_from_metadata_and_an_explicit_request_wins():
     asked = tracker(intent="change_language", entities=[{"entity": "language", "value": "en"}],
                     metadata={"language": "fr"})
     assert await action.extract_language(dispatcher, asked, DOMAIN) == {"language": "en"}
+
+
+def test_the_action_server_registers_exactly_the_domain_actions():
+    from pathlib import Path
+
+    import yaml
+    from rasa_sdk.executor import ActionExecutor
+
+    executor = ActionExecutor()
+    executor.register_package("actions")
+    domain = yaml.safe_load((Path(__file__).resolve().parents[1] / "domain" / "slots_forms.yml").read_text())
+    assert set(executor.actions) == set(domain["actions"])

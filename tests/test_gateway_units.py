@@ -63,7 +63,7 @@ def test_rasa_messages_become_contract_messages():
         {"recipient_id": "c", "custom": {"protected_input": {"kind": "matricule"}}},
         {"recipient_id": "c", "custom": {"set_language": "de"}},
     ]
-    reply = Gateway.to_reply(None, state, raw)  # type: ignore[arg-type]
+    reply = Gateway.to_reply(state, raw)
     assert [m.text for m in reply.messages] == ["Choisissez", "Votre matricule ?"]
     assert reply.messages[0].buttons[0].payload == "/inform"
     assert reply.messages[1].protected_input.kind == "matricule"

@@ -161,6 +161,8 @@ def _audit(
     action: str,
     outcome: str,
     account: Account | None = None,
+    *,
+    patient_id: int | None = None,
     **detail: int | str,
 ) -> None:
     audit.record(
@@ -168,7 +170,7 @@ def _audit(
         actor=conversation_tag(conversation_id),
         action=action,
         outcome=outcome,
-        patient_id=account.patient_id if account is not None else None,
+        patient_id=account.patient_id if account is not None else patient_id,
         detail=dict(detail) or None,
     )
 
@@ -731,13 +733,7 @@ def _live_session(uow: UnitOfWork, conversation_id: str) -> LoginSession | None:
     now = clock.now()
     if (now - row.last_seen_at).total_seconds() > get_settings().session_idle_seconds:
         row.ended_at = now
-        audit.record(
-            uow,
-            actor=conversation_tag(conversation_id),
-            action="session.expire",
-            outcome="idle",
-            patient_id=row.patient_id,
-        )
+        _audit(uow, conversation_id, "session.expire", "idle", patient_id=row.patient_id)
         uow.commit()
         return None
     row.last_seen_at = now
@@ -792,13 +788,7 @@ def log_out(uow: UnitOfWork, conversation_id: str) -> bool:
     if row is None:
         return False
     row.ended_at = clock.now()
-    audit.record(
-        uow,
-        actor=conversation_tag(conversation_id),
-        action="session.logout",
-        outcome="ok",
-        patient_id=row.patient_id,
-    )
+    _audit(uow, conversation_id, "session.logout", "ok", patient_id=row.patient_id)
     uow.commit()
     return True
 

@@ -162,7 +162,8 @@ class Gateway:
         result = response.json()
         return result if isinstance(result, list) else []
 
-    def to_reply(self, state: store.ConversationState, raw: list[dict[str, Any]]) -> Reply:
+    @staticmethod
+    def to_reply(state: store.ConversationState, raw: list[dict[str, Any]]) -> Reply:
         """Turn Rasa's messages into the contract's messages and update the conversation state."""
         out: list[OutMessage] = []
         state.pending_kind = None
