@@ -5,6 +5,20 @@ Every service takes a :class:`~bot.dsp.uow.UnitOfWork` first; errors are
 """
 
 from bot.dsp import audit, vault
+from bot.dsp.access import (
+    MAX_MATCHES,
+    MIN_QUERY_LETTERS,
+    AccessChange,
+    AccessOverview,
+    ProfessionalInfo,
+    block_access,
+    check_access,
+    describe_professional,
+    grant_access,
+    list_access,
+    search_professionals,
+    unblock_access,
+)
 from bot.dsp.accounts import (
     Letter,
     LoginResult,
@@ -32,9 +46,36 @@ from bot.dsp.accounts import (
     set_pin,
     verify_activation_code,
 )
+from bot.dsp.assistants import (
+    AssistedPerson,
+    act_for,
+    act_for_self,
+    acting_for,
+    designate_assistant,
+    designation_in_force,
+    list_assisted,
+    person_name,
+    revoke_assistant,
+)
 from bot.dsp.db import Base, get_engine, get_sessionmaker, init_db, reset_engine
 from bot.dsp.demo import DEMO_PASSWORD, DEMO_PATIENTS, seed_demo
+from bot.dsp.documents import (
+    ACCEPTED_FORMATS,
+    DOCUMENT_TYPES,
+    DocumentInfo,
+    StagedFile,
+    describe_documents,
+    detect_format,
+    discard_upload,
+    file_document,
+    list_documents,
+    purge_expired_uploads,
+    read_document,
+    refusal_params,
+    stage_upload,
+)
 from bot.dsp.errors import (
+    AccessDenied,
     ActivationError,
     AuthError,
     CodeRejected,
@@ -44,6 +85,8 @@ from bot.dsp.errors import (
     PasswordRejected,
     PinError,
     ResetTokenInvalid,
+    SearchRefused,
+    UploadRejected,
     VaultMiss,
 )
 from bot.dsp.matricule import generate_matricule, normalize_matricule
@@ -117,4 +160,43 @@ __all__ = [
     "vault",
     "verify_activation_code",
     "verify_password",
+    # access of professionals, assistants (issue 3)
+    "MAX_MATCHES",
+    "MIN_QUERY_LETTERS",
+    "AccessChange",
+    "AccessDenied",
+    "AccessOverview",
+    "AssistedPerson",
+    "ProfessionalInfo",
+    "SearchRefused",
+    "act_for",
+    "act_for_self",
+    "acting_for",
+    "block_access",
+    "check_access",
+    "describe_professional",
+    "designate_assistant",
+    "designation_in_force",
+    "grant_access",
+    "list_access",
+    "list_assisted",
+    "person_name",
+    "revoke_assistant",
+    "search_professionals",
+    "unblock_access",
+    # documents (issue 3)
+    "ACCEPTED_FORMATS",
+    "DOCUMENT_TYPES",
+    "DocumentInfo",
+    "StagedFile",
+    "UploadRejected",
+    "describe_documents",
+    "detect_format",
+    "discard_upload",
+    "file_document",
+    "list_documents",
+    "purge_expired_uploads",
+    "read_document",
+    "refusal_params",
+    "stage_upload",
 ]

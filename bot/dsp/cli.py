@@ -1,4 +1,4 @@
-"""Command line ``dsp``: database set-up, demo data, letters, outbox and audit (JSON on stdout)."""
+"""Command line ``dsp``: database set-up, demo data, letters, outbox, audit, assistants (JSON on stdout)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 from bot.dsp.accounts import issue_letter, normalize_email, normalize_phone
+from bot.dsp.assistants import designate_assistant, revoke_assistant
 from bot.dsp.db import init_db
-from bot.dsp.demo import DEMO_PASSWORD, DEMO_PATIENTS, seed_demo
+from bot.dsp.demo import DEMO_ASSISTANTS, DEMO_PASSWORD, DEMO_PATIENTS, seed_demo
 from bot.dsp.errors import DspError
 from bot.dsp.orm import AuditEvent, OutboxMessage
 from bot.dsp.uow import UnitOfWork
@@ -59,10 +60,34 @@ def _cmd_demo_patients(_args: argparse.Namespace) -> int:
     rows = [
         {"name": f"{p.given_name} {p.family_name}", "state": p.state, "matricule": p.matricule,
          "activation_code": p.activation_code if p.state == "issued" else None,
-         "password": DEMO_PASSWORD if p.state == "activated" else None, "email": p.email, "phone": p.phone}
+         "password": DEMO_PASSWORD if p.state == "activated" else None, "email": p.email, "phone": p.phone,
+         "assistant_of": [f"{h.given_name} {h.family_name}" for h, a in DEMO_ASSISTANTS if a == p]}
         for p in DEMO_PATIENTS
     ]
     print(json.dumps(rows, ensure_ascii=False, indent=1))
+    return 0
+
+
+def _cmd_designate_assistant(args: argparse.Namespace) -> int:
+    """Designate (or with ``--revoke`` revoke) an assistant; audited with actor ``cli``.
+
+    Prints a JSON confirmation without names; a refused input exits with status 2.
+    """
+    try:
+        with UnitOfWork() as uow:
+            if args.revoke:
+                done = revoke_assistant(uow, holder_matricule=args.holder, assistant_matricule=args.assistant)
+                status = "revoked" if done else "not_designated"
+            else:
+                done = designate_assistant(uow, holder_matricule=args.holder, assistant_matricule=args.assistant)
+                status = "designated" if done else "already_designated"
+    except DspError as error:
+        print(f"dsp designate-assistant: refused: {error.code}", file=sys.stderr)
+        return 2
+    except (LookupError, ValueError) as error:
+        print(f"dsp designate-assistant: refused: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({"status": status}))
     return 0
 
 
@@ -104,9 +129,11 @@ def _cmd_audit(args: argparse.Namespace) -> int:
                     "id": row.id,
                     "at": _iso(row.at),
                     "actor": row.actor,
+                    "actor_patient_id": row.actor_patient_id,
                     "on_behalf_of": row.on_behalf_of,
                     "patient_id": row.patient_id,
                     "action": row.action,
+                    "object": row.object,
                     "outcome": row.outcome,
                     "detail": row.detail,
                 },
@@ -143,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="show the last audit events as JSON lines")
     audit.add_argument("--last", type=int, default=20)
     audit.set_defaults(func=_cmd_audit)
+    assistant = sub.add_parser("designate-assistant", help="designate (or revoke) a patient's assistant")
+    assistant.add_argument("--holder", required=True, help="matricule of the holder (titulaire)")
+    assistant.add_argument("--assistant", required=True, help="matricule of the assistant")
+    assistant.add_argument("--revoke", action="store_true", help="revoke the designation instead")
+    assistant.set_defaults(func=_cmd_designate_assistant)
     return parser
 
 

@@ -3,14 +3,25 @@
 Demo patients (matricules are deterministic, see :data:`DEMO_PATIENTS`):
 
 * two with a letter only (state ``issued``), activation codes in :data:`DEMO_PATIENTS`;
-* two activated with the password :data:`DEMO_PASSWORD`, one using e-mail, one SMS;
+* three activated with the password :data:`DEMO_PASSWORD`: Marie Hoffmann (e-mail), Paulo
+  Gonçalves (SMS, terms of use not accepted yet) and Nora Kayser (e-mail);
 * one permanently locked (login answers ``account_locked``).
+
+Records (seeded once per database, later changes are kept, see :data:`DEMO_ACCESS` and
+:data:`DEMO_ASSISTANTS`): Marie Hoffmann has granted access to Dr Anne Müller and Dr Claudine
+Weber and blocked Dr Gilles Klein; Nora Kayser is the designated assistant of Marie Hoffmann.
+Documents written by professionals (:data:`DEMO_DOCUMENTS`, a text and a PDF each; files under
+``<DSP_STATE_DIR>/documents/``) fill "Mes documents" of the activated demo patients.
+
+The directory has accented names (Müller, Lefèvre, Weiß, Gonçalves...), two Müller (general
+practice, cardiology) and many "médecin", so that a search for "medecin" has too many matches.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -18,8 +29,18 @@ from sqlalchemy import select
 from bot.dsp import audit, clock
 from bot.dsp.accounts import _hash_activation_code
 from bot.dsp.matricule import generate_matricule
-from bot.dsp.orm import Account, Patient, Professional, fold
+from bot.dsp.orm import (
+    AccessGrant,
+    Account,
+    AssistantDesignation,
+    AuditEvent,
+    Document,
+    Patient,
+    Professional,
+    fold,
+)
 from bot.dsp.passwords import hash_password
+from bot.dsp.settings import get_settings
 
 if TYPE_CHECKING:
     from bot.dsp.uow import UnitOfWork
@@ -63,7 +84,20 @@ DEMO_PATIENTS: tuple[DemoPatient, ...] = (
         "Claude", "Muller", date(1966, 9, 8), 105, "locked", "DEMU5J8Z",
         email="claude.muller@example.lu", channel="email",
     ),
+    DemoPatient(
+        "Nora", "Kayser", date(1981, 4, 17), 106, "activated", "DEMV3L7Q",
+        email="nora.kayser@example.lu", channel="email",
+    ),
 )  # fmt: skip
+
+#: Access decisions seeded on a demo record: holder -> (granted, blocked), professionals as
+#: (family name, given name).
+DEMO_ACCESS: dict[DemoPatient, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]] = {
+    DEMO_PATIENTS[2]: ((("Müller", "Anne"), ("Weber", "Claudine")), (("Klein", "Gilles"),)),
+}
+
+#: Designated assistants: (holder, assistant). Nora Kayser assists Marie Hoffmann.
+DEMO_ASSISTANTS: tuple[tuple[DemoPatient, DemoPatient], ...] = ((DEMO_PATIENTS[2], DEMO_PATIENTS[5]),)
 
 _PROFESSIONALS: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("Müller", "Anne", "médecin", "médecine générale", "Luxembourg"),
@@ -108,6 +142,8 @@ _PROFESSIONALS: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("Schaack", "Françoise", "médecin", "médecine générale", "Echternach"),
     ("Feltgen", "Luc", "médecin", "oto-rhino-laryngologie", "Luxembourg"),
     ("Hoffmann", "Sarah", "infirmier", None, "Luxembourg"),
+    ("Müller", "Thomas", "médecin", "cardiologie", "Luxembourg"),
+    ("Weiß", "Stefan", "kinésithérapeute", None, "Remich"),
 )
 
 
@@ -115,12 +151,14 @@ def seed_demo(uow: UnitOfWork) -> None:
     """Insert the demo professionals and patients if they are missing (idempotent, committed)."""
     session = uow.session
     existing = {
-        (p.family_name, p.given_name, p.profession) for p in session.scalars(select(Professional)).all()
+        (p.family_name, p.given_name, p.profession): p for p in session.scalars(select(Professional)).all()
     }
     for family, given, profession, specialty, city in _PROFESSIONALS:
-        if (family, given, profession) in existing:
-            continue
         key = fold(" ".join(filter(None, (family, given, profession, specialty, city))))
+        known = existing.get((family, given, profession))
+        if known is not None:
+            known.search_key = key  # keeps keys in step with fold()
+            continue
         session.add(
             Professional(
                 family_name=family,
@@ -164,4 +202,213 @@ def seed_demo(uow: UnitOfWork) -> None:
         session.add(account)
         session.flush()
         audit.record(uow, actor="system", action="demo.seed_patient", outcome="ok", patient_id=patient.id)
+    session.flush()
+    _seed_access(uow)
+    _seed_assistants(uow)
+    _seed_documents(uow)
     uow.commit()
+
+
+def _demo_patient_id(uow: UnitOfWork, demo: DemoPatient) -> int | None:
+    return uow.session.scalars(select(Patient.id).where(Patient.matricule == demo.matricule)).first()
+
+
+def _seed_access(uow: UnitOfWork) -> None:
+    """Seed the access decisions of :data:`DEMO_ACCESS` once per record (marked by an audit row)."""
+    session = uow.session
+    for demo, (granted, blocked) in DEMO_ACCESS.items():
+        patient_id = _demo_patient_id(uow, demo)
+        seeded = session.scalars(
+            select(AuditEvent.id).where(AuditEvent.action == "demo.seed_access", AuditEvent.patient_id == patient_id)
+        ).first()
+        if patient_id is None or seeded is not None:
+            continue
+        for status, names in (("granted", granted), ("blocked", blocked)):
+            for family, given in names:
+                pro_id = session.scalars(
+                    select(Professional.id).where(Professional.family_name == family, Professional.given_name == given)
+                ).first()
+                if pro_id is None:
+                    continue
+                taken = session.scalars(
+                    select(AccessGrant.id).where(
+                        AccessGrant.patient_id == patient_id, AccessGrant.professional_id == pro_id
+                    )
+                ).first()
+                if taken is None:
+                    session.add(AccessGrant(patient_id=patient_id, professional_id=pro_id, status=status))
+        audit.record(uow, actor="system", action="demo.seed_access", outcome="ok", patient_id=patient_id)
+
+
+def _seed_assistants(uow: UnitOfWork) -> None:
+    """Seed :data:`DEMO_ASSISTANTS` unless the pair ever had a designation (a revocation is kept)."""
+    session = uow.session
+    for holder, assistant in DEMO_ASSISTANTS:
+        holder_id, assistant_id = _demo_patient_id(uow, holder), _demo_patient_id(uow, assistant)
+        if holder_id is None or assistant_id is None:
+            continue
+        known = session.scalars(
+            select(AssistantDesignation.id).where(
+                AssistantDesignation.holder_patient_id == holder_id,
+                AssistantDesignation.assistant_patient_id == assistant_id,
+            )
+        ).first()
+        if known is None:
+            session.add(AssistantDesignation(holder_patient_id=holder_id, assistant_patient_id=assistant_id))
+            audit.record(
+                uow,
+                actor="system",
+                action="assistant.designate",
+                outcome="ok",
+                patient_id=holder_id,
+                object_ref=f"patient:{assistant_id}",
+            )
+
+
+@dataclass(frozen=True)
+class DemoDocument:
+    """A document on a demo record, written by a professional of the directory.
+
+    Attributes:
+        holder: Whose record holds it.
+        author: The professional, as (family name, given name).
+        doc_type: One of :data:`bot.dsp.documents.DOCUMENT_TYPES`.
+        title: Title shown in "Mes documents".
+        format: ``text`` or ``pdf`` (a one-page PDF with the lines as text).
+        lines: The content, line by line.
+        age_days: How many days before the seeding it was filed.
+    """
+
+    holder: DemoPatient
+    author: tuple[str, str]
+    doc_type: str
+    title: str
+    format: str
+    lines: tuple[str, ...]
+    age_days: int
+
+    def content(self) -> bytes:
+        """The file's bytes (deterministic, so that seeding twice finds the same SHA-256)."""
+        if self.format == "pdf":
+            return _demo_pdf(self.lines)
+        return ("\n".join(self.lines) + "\n").encode("utf-8")
+
+
+DEMO_DOCUMENTS: tuple[DemoDocument, ...] = (
+    DemoDocument(
+        DEMO_PATIENTS[2], ("Müller", "Anne"), "vaccination", "Compte rendu de consultation", "text",
+        ("Compte rendu de consultation (document de démonstration, fictif)",
+         "Patiente : Marie Hoffmann, née le 23/06/1978",
+         "Motif : rappel vaccinal diphtérie-tétanos-coqueluche (dTca).",
+         "Examen : bon état général, pas de contre-indication.",
+         "Conduite : rappel dTca administré ce jour ; prochain rappel dans 10 ans.",
+         "Dr Anne Müller, médecine générale, Luxembourg"),
+        40,
+    ),
+    DemoDocument(
+        DEMO_PATIENTS[2], ("Gonçalves", "Ana"), "vaccination", "Certificat de vaccination", "pdf",
+        ("Certificat de vaccination (document de démonstration, fictif)",
+         "Titulaire : Marie Hoffmann, née le 23/06/1978",
+         "Vaccin : grippe saisonnière, une dose, voie intramusculaire.",
+         "Administré par : Ana Gonçalves, infirmière, Dudelange"),
+        12,
+    ),
+    DemoDocument(
+        DEMO_PATIENTS[3], ("Schmit", "Marc"), "vaccination", "Certificat de vaccination", "pdf",
+        ("Certificat de vaccination (document de démonstration, fictif)",
+         "Titulaire : Paulo Gonçalves, né le 30/01/1990",
+         "Vaccin : hépatite B, 3e dose.",
+         "Dr Marc Schmit, médecine générale, Esch-sur-Alzette"),
+        90,
+    ),
+    DemoDocument(
+        DEMO_PATIENTS[5], ("Schroeder", "Tom"), "vaccination", "Compte rendu de consultation", "text",
+        ("Compte rendu de consultation (document de démonstration, fictif)",
+         "Patiente : Nora Kayser, née le 17/04/1981",
+         "Motif : rattrapage rougeole-oreillons-rubéole (ROR).",
+         "Conduite : 1re dose administrée ce jour ; 2e dose dans un mois.",
+         "Dr Tom Schroeder, médecine générale, Mamer"),
+        25,
+    ),
+)  # fmt: skip
+
+
+def _demo_pdf(lines: tuple[str, ...]) -> bytes:
+    """A one-page A4 PDF showing `lines` in Helvetica (built with pypdf, byte-for-byte deterministic)."""
+    import io
+
+    from pypdf import PdfWriter
+    from pypdf.generic import ContentStream, DictionaryObject, NameObject
+
+    writer = PdfWriter()
+    page = writer.add_blank_page(595, 842)
+    font = DictionaryObject(
+        {
+            NameObject("/Type"): NameObject("/Font"),
+            NameObject("/Subtype"): NameObject("/Type1"),
+            NameObject("/BaseFont"): NameObject("/Helvetica"),
+            NameObject("/Encoding"): NameObject("/WinAnsiEncoding"),
+        }
+    )
+    page[NameObject("/Resources")] = DictionaryObject(
+        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
+    )
+    operators = ["BT", "/F1 12 Tf", "16 TL", "72 790 Td"]
+    for line in lines:
+        escaped = line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+        operators.append(f"({escaped}) '")
+    operators.append("ET")
+    stream = ContentStream(None, writer)
+    stream.set_data("\n".join(operators).encode("cp1252"))
+    page.replace_contents(stream)
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    return buffer.getvalue()
+
+
+def _seed_documents(uow: UnitOfWork) -> None:
+    """Seed :data:`DEMO_DOCUMENTS` that a record lacks (same SHA-256); rewrite a missing file."""
+    from bot.dsp.documents import ACCEPTED_FORMATS, store_file  # late: documents imports the services
+
+    session = uow.session
+    now = clock.now()
+    documents_dir = get_settings().documents_dir
+    for demo in DEMO_DOCUMENTS:
+        patient_id = _demo_patient_id(uow, demo.holder)
+        family, given = demo.author
+        pro_id = session.scalars(
+            select(Professional.id).where(Professional.family_name == family, Professional.given_name == given)
+        ).first()
+        if patient_id is None or pro_id is None:
+            continue
+        data = demo.content()
+        digest = hashlib.sha256(data).hexdigest()
+        known = session.scalars(
+            select(Document).where(Document.patient_id == patient_id, Document.sha256 == digest)
+        ).first()
+        if known is not None:
+            if not (documents_dir / known.storage_name).exists():
+                store_file(data, known.storage_name)
+            continue
+        document = Document(
+            patient_id=patient_id,
+            doc_type=demo.doc_type,
+            title=demo.title,
+            format=demo.format,
+            mime_type=ACCEPTED_FORMATS[demo.format],
+            size_bytes=len(data),
+            sha256=digest,
+            storage_name=store_file(data),
+            created_at=now - timedelta(days=demo.age_days),
+            author_professional_id=pro_id,
+        )
+        session.add(document)
+        session.flush()
+        audit.record(
+            uow,
+            actor="system",
+            action="demo.seed_document",
+            outcome="ok",
+            patient_id=patient_id,
+            object_ref=f"document:{document.id}",
+        )

@@ -69,6 +69,22 @@ class PinError(DspError):
     """A PIN is refused (``pin_*``)."""
 
 
+class AccessDenied(DspError):
+    """A read or write of a record is refused.
+
+    Codes: ``assistant_revoked``, ``not_designated``, ``document_not_found``,
+    ``professional_unknown``, ``professional_blocked``.
+    """
+
+
+class UploadRejected(DspError):
+    """An uploaded file is refused; nothing is stored (``file_*``, ``document_*``)."""
+
+
+class SearchRefused(DspError):
+    """A directory search cannot be answered (``search_too_short``, ``search_no_match``, ``search_too_many``)."""
+
+
 #: Every code the domain layer raises; each has a response `utter_err_<code>` in fr, de and en.
 ERROR_CODES = frozenset({
     "matricule_format", "matricule_old_format", "matricule_date", "matricule_checksum",
@@ -79,4 +95,10 @@ ERROR_CODES = frozenset({
     "credentials_wrong", "account_not_active", "account_locked", "login_delay",
     "input_expired", "reset_token_invalid",
     "pin_format", "pin_weak", "pin_mismatch", "pin_wrong", "pin_locked", "pin_not_set", "not_logged_in",
+    # records (issue 3)
+    "terms_pending", "assistant_revoked", "not_designated", "document_not_found",
+    "file_empty", "file_too_large", "file_type_refused", "file_damaged", "file_duplicate",
+    "quota_exceeded", "upload_expired", "document_type_unknown",
+    "search_too_short", "search_no_match", "search_too_many",
+    "professional_unknown", "professional_blocked",
 })

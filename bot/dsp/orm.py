@@ -11,18 +11,36 @@ import unicodedata
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import DDL, Boolean, Date, DateTime, ForeignKey, Integer, LargeBinary, String, Text, event
+from sqlalchemy import (
+    DDL,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+)
 from sqlalchemy.orm import Mapped, Mapper, mapped_column, relationship
 
 from bot.dsp import clock
 from bot.dsp.db import Base
 
+#: Letters that Unicode does not decompose into a base letter plus accents.
+_FOLD_LETTERS = str.maketrans({"œ": "oe", "æ": "ae", "ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "ı": "i"})
+
 
 def fold(text: str) -> str:
-    """Fold text for searching: strip accents, lower-case, collapse spaces ("Lefèvre" -> "lefevre")."""
+    """Fold text for searching: strip accents, lower-case, collapse spaces.
+
+    "Lefèvre" -> "lefevre", "Müller" -> "muller", "Weiß" -> "weiss", "Œuvray" -> "oeuvray".
+    """
     decomposed = unicodedata.normalize("NFKD", text)
     plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return " ".join(plain.casefold().split())
+    return " ".join(plain.casefold().translate(_FOLD_LETTERS).split())
 
 
 class Patient(Base):
@@ -139,6 +157,8 @@ class LoginSession(Base):
     last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime)
     pending_terms: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Set while a designated assistant acts on another holder's record (quick guide p.28).
+    acting_for_patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"))
 
 
 class ResetToken(Base):
@@ -175,9 +195,13 @@ class AuditEvent(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[datetime] = mapped_column(DateTime, default=clock.now, index=True)
     actor: Mapped[str] = mapped_column(String(64))
+    #: Internal id of the logged-in person who acts (None before login or for system actors).
+    actor_patient_id: Mapped[int | None] = mapped_column(Integer, index=True)
     on_behalf_of: Mapped[str | None] = mapped_column(String(64))
     patient_id: Mapped[int | None] = mapped_column(Integer, index=True)
     action: Mapped[str] = mapped_column(String(64))
+    #: What was read or written, as ``<kind>:<internal id>`` (e.g. ``document:12``).
+    object: Mapped[str | None] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
 
@@ -230,3 +254,86 @@ for _op in ("UPDATE", "DELETE"):
             "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END"
         ).execute_if(dialect="sqlite"),
     )
+
+
+class AccessGrant(Base):
+    """The holder's decision about one professional: ``granted`` or ``blocked`` (quick guide p.22-27).
+
+    No row means neither: the professional has no access. A block replaces a grant; unblocking
+    removes the row.
+    """
+
+    __tablename__ = "access_grants"
+    __table_args__ = (UniqueConstraint("patient_id", "professional_id", name="uq_access_grants_patient_professional"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    professional_id: Mapped[int] = mapped_column(ForeignKey("professionals.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    changed_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)
+    #: Who decided: the holder, or their assistant acting for them.
+    changed_by_patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"))
+
+
+class AssistantDesignation(Base):
+    """A holder's designation of another patient as assistant (made on the eSanté portal, quick guide p.28).
+
+    In force while ``revoked_at`` is None; a new designation after a revocation is a new row.
+    """
+
+    __tablename__ = "assistant_designations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    holder_patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    assistant_patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Document(Base):
+    """A document of a record ("Mes documents", quick guide p.16-21), stored as a file.
+
+    The content lives in ``<DSP_STATE_DIR>/documents/<storage_name>``; ``sha256`` (64 hex digits)
+    finds duplicates and checks the file when read. The author is the holder, their assistant
+    (``author_patient_id`` differs from ``patient_id``) or a professional.
+    """
+
+    __tablename__ = "documents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: The holder (titulaire) whose record holds the document.
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    doc_type: Mapped[str] = mapped_column(String(32))
+    title: Mapped[str] = mapped_column(String(255))
+    format: Mapped[str] = mapped_column(String(16))
+    mime_type: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    #: uuid4 hex file name under the documents directory.
+    storage_name: Mapped[str] = mapped_column(String(32), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now, index=True)
+    author_patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"))
+    author_professional_id: Mapped[int | None] = mapped_column(ForeignKey("professionals.id"))
+
+
+class StagedUpload(Base):
+    """A checked upload waiting (one hour) for its document type, bound to one conversation."""
+
+    __tablename__ = "staged_uploads"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: ``up_`` + ``secrets.token_urlsafe``.
+    ref: Mapped[str] = mapped_column(String(64), unique=True)
+    conversation_id: Mapped[str] = mapped_column(String(255), index=True)
+    #: The holder whose record the file is for.
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    #: Who uploaded it (the holder or their assistant): only they can file it.
+    author_patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
+    storage_name: Mapped[str] = mapped_column(String(32), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(16))
+    mime_type: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)

@@ -37,6 +37,8 @@ class Settings:
         smtp_password: SMTP password (optional).
         smtp_from: Sender address.
         smtp_starttls: Whether to use STARTTLS.
+        upload_max_mb: Largest accepted upload, in MiB (Telegram bots download at most 20 MB).
+        document_quota_mb: Space for the documents of one record, in MiB.
     """
 
     state_dir: Path
@@ -53,6 +55,13 @@ class Settings:
     smtp_password: str = ""
     smtp_from: str = "noreply@esante.example"
     smtp_starttls: bool = True
+    upload_max_mb: int = 20
+    document_quota_mb: int = 200
+
+    @property
+    def documents_dir(self) -> Path:
+        """Directory of the stored documents and staged uploads: ``<state_dir>/documents``."""
+        return self.state_dir / "documents"
 
     def __repr__(self) -> str:
         """Return a representation without the secret values."""
@@ -113,4 +122,6 @@ def get_settings() -> Settings:
         smtp_password=os.environ.get("SMTP_PASSWORD", ""),
         smtp_from=os.environ.get("SMTP_FROM", "").strip() or "noreply@esante.example",
         smtp_starttls=os.environ.get("SMTP_STARTTLS", "1").strip().lower() not in {"0", "false", "no", "off"},
+        upload_max_mb=_int("DSP_UPLOAD_MAX_MB", 20),
+        document_quota_mb=_int("DSP_DOCUMENT_QUOTA_MB", 200),
     )

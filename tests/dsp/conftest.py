@@ -17,6 +17,8 @@ _ENV = (
     "DSP_SESSION_IDLE_SECONDS",
     "DSP_PUBLIC_URL",
     "SMTP_HOST",
+    "DSP_UPLOAD_MAX_MB",
+    "DSP_DOCUMENT_QUOTA_MB",
 )
 
 
