@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from rasa_sdk import Action, FormValidationAction, Tracker
-from rasa_sdk.events import EventType, FollowupAction
+from rasa_sdk.events import EventType, FollowupAction, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
@@ -26,10 +26,12 @@ from actions.common import (
     OTP_REF,
     PASSWORD_CONFIRM_REF,
     PASSWORD_REF,
+    PENDING_TASK,
     PIN_CONFIRM_REF,
     PIN_REF,
     RESET_TOKEN_REF,
     TASK_ABORTED,
+    UPLOAD_REF,
     ServiceFailure,
     call_or_say,
     call_service,
@@ -37,7 +39,7 @@ from actions.common import (
     language_of,
     utter_error,
 )
-from bot.dsp import DspError, accounts, vault
+from bot.dsp import DspError, accounts, documents, vault
 
 Result = dict[str, Any]
 
@@ -332,12 +334,26 @@ async def session_of(tracker: Tracker) -> accounts.SessionInfo | None:
 
 
 async def end_task(tracker: Tracker) -> list[EventType]:
-    """Forget the task's slots and the conversation's protected values."""
+    """Forget the task's slots, the conversation's protected values and a file not filed."""
     try:
         await call_service(vault.discard, tracker.sender_id)
     except (DspError, ServiceFailure):
         pass  # expired values are purged by the vault itself
+    upload_ref = tracker.get_slot(UPLOAD_REF)
+    if upload_ref:
+        try:
+            await call_service(documents.discard_upload, tracker.sender_id, upload_ref)
+        except (DspError, ServiceFailure):
+            pass  # staged files expire on their own
     return clear_task_slots()
+
+
+def resume_pending(tracker: Tracker, dispatcher: CollectingDispatcher, pending: str | None) -> list[EventType]:
+    """After a login, go back to the record task that asked for it (`pending_task`), if any."""
+    if not pending:
+        return []
+    dispatcher.utter_message(response="utter_resume_task")
+    return [SlotSet(PENDING_TASK, pending), FollowupAction("action_start_record_task")]
 
 
 class TaskDoneAction(Action, ABC):
@@ -376,7 +392,8 @@ class ActionLoginDone(Action):
         return "action_login_done"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
-        """Ask for the terms of use, or say the record is open and offer a PIN."""
+        """Ask for the terms of use, or say the record is open and go back to the pending task or offer a PIN."""
+        pending = tracker.get_slot(PENDING_TASK)
         events = await end_task(tracker)
         if tracker.get_slot(TASK_ABORTED):
             dispatcher.utter_message(response="utter_anything_else")
@@ -386,8 +403,11 @@ class ActionLoginDone(Action):
             dispatcher.utter_message(response="utter_err_not_logged_in")
         elif session.needs_terms:
             dispatcher.utter_message(response="utter_ask_terms")
+            events.append(SlotSet(PENDING_TASK, pending))
         else:
             dispatcher.utter_message(response="utter_logged_in")
+            if pending:
+                return events + resume_pending(tracker, dispatcher, pending)
             if session.method != "pin":
                 dispatcher.utter_message(response="utter_offer_pin")
         return events
@@ -429,11 +449,14 @@ class ActionAcceptTerms(Action):
         return "action_accept_terms"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
-        """Accept the terms for the logged-in patient, then offer a PIN."""
+        """Accept the terms for the logged-in patient, then go back to the pending task or offer a PIN."""
         ok, _ = await call_or_say(dispatcher, accounts.accept_terms, tracker.sender_id)
         if not ok:
             return []
         dispatcher.utter_message(response="utter_logged_in")
+        pending = tracker.get_slot(PENDING_TASK)
+        if pending:
+            return resume_pending(tracker, dispatcher, pending)
         dispatcher.utter_message(response="utter_offer_pin")
         return []
 

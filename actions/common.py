@@ -35,12 +35,27 @@ LOGIN_PIN_REF = "login_pin_ref"
 LOGIN_WITH_PASSWORD = "login_with_password"
 PIN_CONFIRM_REF = "pin_confirm_ref"
 REQUESTED_SLOT = "requested_slot"
+# Record tasks (issue 3): ids and codes only.
+PENDING_TASK = "pending_task"
+UPLOAD_REF = "upload_ref"
+UPLOAD_ERROR = "upload_error"
+UPLOAD_LIMIT_MB = "upload_limit_mb"
+DOCUMENT_TYPE = "document_type"
+PROFESSIONAL_QUERY = "professional_query"
+PROFESSIONAL_ID = "professional_id"
+PROFESSIONAL_NAME = "professional_name"
+PROFESSIONAL_PROFESSION = "professional_profession"
+ACCESS_CONFIRMED = "access_confirmed"
+HOLDER_ID = "holder_id"
+SWITCH_CONFIRMED = "switch_confirmed"
 
 #: Every slot that belongs to a task; cleared when a task ends, is cancelled or is switched.
 TASK_SLOTS = (
     TASK_ABORTED, CONTACT_CHANNEL, MATRICULE_REF, ACTIVATION_CODE_REF, NEW_PASSWORD_REF,
     PASSWORD_CONFIRM_REF, CONTACT_ADDRESS_REF, OTP_REF, PASSWORD_REF, EMAIL_REF, RESET_TOKEN_REF,
     PIN_REF, PIN_CONFIRM_REF, LOGIN_PIN_REF, LOGIN_WITH_PASSWORD,
+    PENDING_TASK, UPLOAD_REF, UPLOAD_ERROR, DOCUMENT_TYPE, PROFESSIONAL_QUERY, PROFESSIONAL_ID, PROFESSIONAL_NAME,
+    PROFESSIONAL_PROFESSION, ACCESS_CONFIRMED, HOLDER_ID, SWITCH_CONFIRMED,
 )
 SUPPORTED_LANGUAGES = ("fr", "de", "en")
 

@@ -4,7 +4,7 @@ One kind of warning is explained rather than fatal: "The utterance 'utter_x' is 
 story or rule" for a response that a custom action sends (Rasa 3.6 only looks at stories and
 rules). It is accepted only when the response really is sent by code: its name appears in
 `actions/`, it is `utter_err_<code>` for an error code of `bot/dsp/errors.py`, or it is the
-`utter_ask_<slot>` of a form's slot. Anything else fails.
+`utter_ask_<slot>` or `utter_ask_<form>_<slot>` of a form's slot. Anything else fails.
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ def sent_by_code() -> set[str]:
 
     names |= {f"utter_err_{code}" for code in ERROR_CODES}
     names.add("utter_err_internal")
-    forms = (ROOT / "domain" / "slots_forms.yml").read_text(encoding="utf-8")
-    names |= {f"utter_ask_{slot}" for slot in re.findall(r"^\s+- ([a-z_]+)$", forms, re.M)}
+    import yaml
+
+    forms = yaml.safe_load((ROOT / "domain" / "slots_forms.yml").read_text(encoding="utf-8"))["forms"]
+    for form, spec in forms.items():
+        for slot in spec.get("required_slots", []):
+            names |= {f"utter_ask_{slot}", f"utter_ask_{form}_{slot}"}
     return names
 
 

@@ -33,7 +33,8 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     env = test_env(state_dir)
     extra = {k: env[k] for k in ("DSP_STATE_DIR", "DSP_DATABASE_URL", "GATEWAY_API_KEY")}
     extra["RASA_AUTH_TOKEN"] = "rasa-test-token"
-    env["RASA_AUTH_TOKEN"] = extra["RASA_AUTH_TOKEN"]
+    extra["DSP_UPLOAD_MAX_MB"] = "1"  # the oversize refusal needs only a small file
+    env.update({"RASA_AUTH_TOKEN": extra["RASA_AUTH_TOKEN"], "DSP_UPLOAD_MAX_MB": extra["DSP_UPLOAD_MAX_MB"]})
     svc = Services(gateway_port=free_port(), rasa_port=free_port(), actions_port=free_port(), env=extra)
     svc.start(timeout_s=420)
     try:

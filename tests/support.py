@@ -65,6 +65,19 @@ class Chat:
         self.last = response.json()["messages"]
         return self.last
 
+    def upload(self, name: str, data: bytes, mime: str = "application/octet-stream") -> dict[str, Any]:
+        """Send a file to the /files endpoint; return the whole reply (messages and upload outcome)."""
+        response = self.client.post(f"{self.base}/files", files={"file": (name, data, mime)},
+                                    data={"language": self.language} if self.language else None)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        self.last = body["messages"]
+        return dict(body)
+
+    def download(self, url: str) -> httpx.Response:
+        """Fetch a document offered in a reply."""
+        return self.client.get(self.base.split("/v1/")[0] + url)
+
     def protect(self, value: str) -> list[dict[str, Any]]:
         """Answer the pending protected-input request."""
         SECRETS.add(value)
@@ -141,3 +154,84 @@ def test_env(state_dir: Path) -> dict[str, str]:
     return {**os.environ, "DSP_STATE_DIR": str(state_dir),
             "DSP_DATABASE_URL": f"sqlite:///{state_dir}/dsp.sqlite3",
             "GATEWAY_API_KEY": "test-key-" + uuid.uuid4().hex[:8]}
+
+
+# --------------------------------------------------------------------------- journeys
+
+UTTERANCES = {
+    "fr": {"activate": "Bonjour, je voudrais activer mon compte eSanté avec la lettre",
+           "login": "je veux me connecter à mon dossier", "reset": "j'ai oublié mon mot de passe",
+           "cancel": "annuler"},
+    "de": {"activate": "Hallo, ich möchte mein eSanté-Konto mit dem Aktivierungscode aktivieren",
+           "login": "Ich möchte mich bei meiner Akte anmelden", "reset": "Ich habe mein Passwort vergessen",
+           "cancel": "abbrechen"},
+    "en": {"activate": "Hello, I want to activate my eSanté account with the letter I received",
+           "login": "I want to log in to my record", "reset": "I forgot my password", "cancel": "cancel"},
+}
+
+
+def mistype(matricule: str) -> str:
+    """Return the matricule with its last (Verhoeff) digit changed."""
+    return matricule[:-1] + str((int(matricule[-1]) + 1) % 10)
+
+
+def new_letter(services, with_email: bool = True, name: tuple[str, str] | None = None) -> dict[str, str]:
+    """Issue an activation letter for a new test patient (optionally with a given and family name)."""
+    email = f"p-{uuid.uuid4().hex[:8]}@example.org"
+    names = ["--given-name", name[0], "--family-name", name[1]] if name else []
+    letter = run_dsp(services.env, "issue-letter", "--email", email, *names) if with_email else \
+        run_dsp(services.env, "issue-letter", "--phone", "+352621123456", *names)
+    SECRETS.add(letter["matricule"], letter["activation_code"], email)
+    return {"matricule": letter["matricule"], "activation_code": letter["activation_code"], "email": email,
+            "password": "Velo-Rouge-" + uuid.uuid4().hex[:8]}
+
+
+def activate(services, language: str, patient: dict[str, str]) -> Chat:
+    """Activate the account of `patient` through the chat, the happy path."""
+    chat = Chat(services.gateway_url, services.key, services.env, language)
+    chat.say(UTTERANCES[language]["activate"])
+    assert chat.pending == "matricule"
+    chat.protect(patient["matricule"])
+    assert chat.pending == "activation_code"
+    chat.protect(patient["activation_code"])
+    assert chat.pending == "password"
+    chat.protect(patient["password"])
+    assert chat.pending == "password_confirm"
+    chat.protect(patient["password"])
+    email_button = next(b for b in chat.buttons if "email" in b["payload"])
+    chat.choose(email_button["payload"])
+    assert chat.pending == "email"
+    chat.protect(patient["email"])
+    assert chat.pending == "otp"
+    chat.protect(chat.outbox_code(patient["email"]))
+    assert chat.pending is None
+    assert services.rasa.responses(chat.id)[-1] == "utter_activation_done"
+    return chat
+
+
+def log_in(services, language: str, patient: dict[str, str], wrong_code_first: bool = False) -> Chat:
+    """Log in through the chat; accept the terms if asked; decline the PIN offer."""
+    chat = Chat(services.gateway_url, services.key, services.env, language)
+    chat.say(UTTERANCES[language]["login"])
+    assert chat.pending == "matricule"
+    chat.protect(patient["matricule"])
+    assert chat.pending == "password"
+    chat.protect(patient["password"])
+    assert chat.pending == "otp"
+    if wrong_code_first:
+        chat.protect("000000")
+        assert chat.pending == "otp"
+        assert "utter_err_otp_wrong" in services.rasa.responses(chat.id)
+    chat.protect(chat.outbox_code(patient["email"]))
+    return chat
+
+
+def logged_in(services, language: str, name: tuple[str, str] | None = None) -> tuple[Chat, dict[str, str]]:
+    """Activate a new patient's account, log in on a new conversation and accept the terms of use."""
+    patient = new_letter(services, name=name)
+    activate(services, language, patient)
+    chat = log_in(services, language, patient)
+    assert services.rasa.responses(chat.id)[-1] == "utter_ask_terms"
+    chat.say({"fr": "oui", "de": "ja", "en": "yes"}[language])
+    assert "utter_logged_in" in services.rasa.responses(chat.id)[-2:]
+    return chat, patient

@@ -12,76 +12,9 @@ import uuid
 import httpx
 import pytest
 
-from tests.support import SECRETS, Chat, run_dsp
+from tests.support import SECRETS, UTTERANCES, Chat, activate, log_in, mistype, new_letter
 
 pytestmark = pytest.mark.services
-
-UTTERANCES = {
-    "fr": {"activate": "Bonjour, je voudrais activer mon compte eSanté avec la lettre",
-           "login": "je veux me connecter à mon dossier", "reset": "j'ai oublié mon mot de passe",
-           "cancel": "annuler"},
-    "de": {"activate": "Hallo, ich möchte mein eSanté-Konto mit dem Aktivierungscode aktivieren",
-           "login": "Ich möchte mich bei meiner Akte anmelden", "reset": "Ich habe mein Passwort vergessen",
-           "cancel": "abbrechen"},
-    "en": {"activate": "Hello, I want to activate my eSanté account with the letter I received",
-           "login": "I want to log in to my record", "reset": "I forgot my password", "cancel": "cancel"},
-}
-
-
-def mistype(matricule: str) -> str:
-    """Return the matricule with its last (Verhoeff) digit changed."""
-    return matricule[:-1] + str((int(matricule[-1]) + 1) % 10)
-
-
-def new_letter(services, with_email: bool = True) -> dict[str, str]:
-    """Issue an activation letter for a new demo patient."""
-    email = f"p-{uuid.uuid4().hex[:8]}@example.org"
-    letter = run_dsp(services.env, "issue-letter", "--email", email) if with_email else \
-        run_dsp(services.env, "issue-letter", "--phone", "+352621123456")
-    SECRETS.add(letter["matricule"], letter["activation_code"], email)
-    return {"matricule": letter["matricule"], "activation_code": letter["activation_code"], "email": email,
-            "password": "Velo-Rouge-" + uuid.uuid4().hex[:8]}
-
-
-def activate(services, language: str, patient: dict[str, str]) -> Chat:
-    """Activate the account of `patient` through the chat, the happy path."""
-    chat = Chat(services.gateway_url, services.key, services.env, language)
-    chat.say(UTTERANCES[language]["activate"])
-    assert chat.pending == "matricule"
-    chat.protect(patient["matricule"])
-    assert chat.pending == "activation_code"
-    chat.protect(patient["activation_code"])
-    assert chat.pending == "password"
-    chat.protect(patient["password"])
-    assert chat.pending == "password_confirm"
-    chat.protect(patient["password"])
-    email_button = next(b for b in chat.buttons if "email" in b["payload"])
-    chat.choose(email_button["payload"])
-    assert chat.pending == "email"
-    chat.protect(patient["email"])
-    assert chat.pending == "otp"
-    chat.protect(chat.outbox_code(patient["email"]))
-    assert chat.pending is None
-    assert services.rasa.responses(chat.id)[-1] == "utter_activation_done"
-    return chat
-
-
-def log_in(services, language: str, patient: dict[str, str], wrong_code_first: bool = False) -> Chat:
-    """Log in through the chat; accept the terms if asked; decline the PIN offer."""
-    chat = Chat(services.gateway_url, services.key, services.env, language)
-    chat.say(UTTERANCES[language]["login"])
-    assert chat.pending == "matricule"
-    chat.protect(patient["matricule"])
-    assert chat.pending == "password"
-    chat.protect(patient["password"])
-    assert chat.pending == "otp"
-    if wrong_code_first:
-        chat.protect("000000")
-        assert chat.pending == "otp"
-        assert "utter_err_otp_wrong" in services.rasa.responses(chat.id)
-    chat.protect(chat.outbox_code(patient["email"]))
-    return chat
-
 
 @pytest.mark.parametrize("language", ["fr", "de", "en"])
 def test_activation_with_every_mistake_then_success(services, language):
@@ -212,13 +145,16 @@ def test_switch_task_mid_form(services):
     assert services.rasa.tracker(chat.id)["active_loop"]["name"] == "reset_form"
 
 
-def test_explains_the_other_guide_sections(services):
+def test_imaging_is_explained_and_record_tasks_ask_for_a_login_first(services):
     chat = Chat(services.gateway_url, services.key, services.env, "fr")
-    for text, response in (("comment ajouter un document dans mon DSP", "utter_explain_upload_document"),
-                           ("je veux voir mes radios et le rapport de l'IRM", "utter_explain_view_imaging"),
-                           ("je veux bloquer l'accès de mon ancien médecin", "utter_explain_block_access")):
+    chat.say("je veux voir mes radios et le rapport de l'IRM")
+    assert services.rasa.responses(chat.id)[-1] == "utter_explain_view_imaging"
+    for text in ("comment ajouter un document dans mon DSP", "je veux bloquer l'accès de mon ancien médecin"):
         chat.say(text)
-        assert services.rasa.responses(chat.id)[-1] == response
+        said = services.rasa.responses(chat.id)
+        assert "utter_need_login" in said[-3:], said[-3:]
+        assert chat.pending == "matricule"
+        chat.say("annuler")
 
 
 def test_medical_questions_and_emergencies_are_not_shrugged_off(services):

@@ -60,9 +60,18 @@ def test_every_response_named_in_code_and_rules_exists():
     from bot.dsp.errors import ERROR_CODES
 
     used |= {f"utter_err_{code}" for code in ERROR_CODES} | {"utter_err_internal"}
-    used |= {f"utter_ask_{slot}" for form in load_domain()["forms"].values() for slot in form["required_slots"]}
     missing = sorted(name for name in used if name not in responses)
     assert not missing, missing
+
+
+def test_every_form_slot_has_a_question():
+    domain = load_domain()
+    known = set(domain["responses"]) | set(domain["actions"])
+    for form, spec in domain["forms"].items():
+        for slot in spec["required_slots"]:
+            askers = {f"utter_ask_{form}_{slot}", f"utter_ask_{slot}", f"action_ask_{form}_{slot}",
+                      f"action_ask_{slot}"}
+            assert askers & known, (form, slot)
 
 
 def test_every_error_code_raised_by_the_domain_is_listed():
@@ -70,7 +79,8 @@ def test_every_error_code_raised_by_the_domain_is_listed():
 
     raised = set()
     for path in (REPO / "bot" / "dsp").glob("*.py"):
-        raised |= set(re.findall(r'(?:Error|Invalid|Rejected)\(\s*"([a-z_]+)"', path.read_text(encoding="utf-8")))
+        text = path.read_text(encoding="utf-8")
+        raised |= set(re.findall(r'(?:Error|Invalid|Rejected|Denied|Refused)\(\s*"([a-z_]+)"', text))
     assert raised and raised <= ERROR_CODES, raised - ERROR_CODES
 
 
@@ -78,7 +88,7 @@ def test_protected_slots_ask_with_a_protected_input():
     responses = load_domain()["responses"]
     for form in load_domain()["forms"].values():
         for slot in form["required_slots"]:
-            if slot.endswith("_ref"):
+            if slot.endswith("_ref") and slot != "upload_ref":  # a file is not a protected input
                 for variation in responses[f"utter_ask_{slot}"]:
                     assert variation.get("custom", {}).get("protected_input", {}).get("kind"), slot
 

@@ -2,7 +2,8 @@
 
 Buttons are shown as numbered choices (type the number), protected inputs are read without
 echo (getpass), and the messages the demo "sends" by SMS or e-mail are printed from the outbox.
-Ctrl-D or Ctrl-C leaves.
+A file is sent with ``/file PATH`` (or by typing its path when the assistant asks for one); a
+document the assistant sends is saved under ``<DSP_STATE_DIR>/downloads/``. Ctrl-D or Ctrl-C leaves.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import sys
 import textwrap
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,13 +23,18 @@ from bot.gateway.settings import secret_file
 PROMPTS = {
     "fr": {"you": "vous", "private": "(saisie privée, rien ne s'affiche ; Entrée seule pour revenir)",
            "choice": "Tapez le numéro ou écrivez.",
-           "sent": "envoyé à", "bye": "Au revoir.", "error": "Le service ne répond pas"},
+           "sent": "envoyé à", "bye": "Au revoir.", "error": "Le service ne répond pas",
+           "file_saved": "document enregistré :", "no_file": "Fichier introuvable :",
+           "file_hint": "(tapez le chemin du fichier, ou /file CHEMIN)"},
     "de": {"you": "Sie", "private": "(private Eingabe, nichts wird angezeigt; nur Enter: zurück)",
            "choice": "Nummer eingeben oder schreiben.", "sent": "gesendet an", "bye": "Auf Wiedersehen.",
-           "error": "Der Dienst antwortet nicht"},
+           "error": "Der Dienst antwortet nicht", "file_saved": "Dokument gespeichert:",
+           "no_file": "Datei nicht gefunden:", "file_hint": "(Dateipfad eingeben oder /file PFAD)"},
     "en": {"you": "you", "private": "(private entry, nothing is shown; Enter alone to go back)",
            "choice": "Type the number or write.",
-           "sent": "sent to", "bye": "Goodbye.", "error": "The service does not answer"},
+           "sent": "sent to", "bye": "Goodbye.", "error": "The service does not answer",
+           "file_saved": "document saved:", "no_file": "File not found:",
+           "file_hint": "(type the file's path, or /file PATH)"},
 }
 KIND_LABELS = {
     "fr": {"matricule": "Matricule", "activation_code": "Code d'activation", "password": "Mot de passe",
@@ -81,6 +88,49 @@ def api_key() -> str:
     return os.environ.get("GATEWAY_API_KEY") or secret_file("gateway-api-key")
 
 
+def downloads_dir() -> Path:
+    """Return the folder where documents sent by the assistant are saved (created 0700)."""
+    from bot.dsp import get_settings
+
+    folder = Path(get_settings().state_dir) / "downloads"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder
+
+
+def save_download(client: httpx.Client, gateway_url: str, file: dict[str, Any]) -> Path:
+    """Fetch a document offered in a reply and save it under a name that does not overwrite anything.
+
+    Raises:
+        httpx.HTTPError: the download failed.
+    """
+    response = client.get(gateway_url + str(file["url"]))
+    response.raise_for_status()
+    name = Path(str(file.get("name") or "document")).name or "document"
+    target = downloads_dir() / name
+    counter = 1
+    while target.exists():
+        target = target.with_name(f"{Path(name).stem}-{counter}{Path(name).suffix}")
+        counter += 1
+    target.write_bytes(response.content)
+    target.chmod(0o600)
+    return target
+
+
+def expects_file(messages: list[dict[str, Any]]) -> bool:
+    """Return True when the last message asks for a file."""
+    return bool(messages) and (messages[-1].get("custom") or {}).get("expects") == "file"
+
+
+def file_to_send(text: str, expecting: bool) -> Path | None:
+    """Return the path of a file to upload: ``/file PATH``, or a typed path while a file is expected."""
+    raw = text[6:].strip() if text.startswith("/file ") else (text if expecting else "")
+    raw = raw.strip().strip("'\"")
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    return path if (text.startswith("/file ") or path.is_file()) else None
+
+
 def show(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
     """Print the assistant's messages; return the offered buttons and the pending protected kind."""
     buttons: list[dict[str, Any]] = []
@@ -111,6 +161,7 @@ def chat(gateway_url: str, language: str | None = None) -> None:
     words = PROMPTS.get(lang, PROMPTS["fr"])
     buttons: list[dict[str, Any]] = []
     pending: str | None = None
+    expecting = False
     print("\nMyDSP Assistant — français, Deutsch, English. "
           "Écrivez « bonjour » / Schreiben Sie „Hallo“ / Type \"hello\".\n")
     with httpx.Client(timeout=120, headers=headers) as client:
@@ -125,10 +176,20 @@ def chat(gateway_url: str, language: str | None = None) -> None:
                         continue
                     response = client.post(f"{base}/protected", json={"value": value, "kind": pending})
                 else:
+                    if expecting:
+                        print(f"  {words['file_hint']}")
                     text = input(f"{words['you']}> ").strip()
                     if not text:
                         continue
-                    if text.isdigit() and buttons and 1 <= int(text) <= len(buttons):
+                    path = file_to_send(text, expecting)
+                    if path is not None:
+                        if not path.is_file():
+                            print(f"  {words['no_file']} {path}")
+                            continue
+                        with path.open("rb") as handle:
+                            response = client.post(f"{base}/files", files={"file": (path.name, handle)},
+                                                   data={"language": lang})
+                    elif text.isdigit() and buttons and 1 <= int(text) <= len(buttons):
                         response = client.post(f"{base}/messages", json={"payload": buttons[int(text) - 1]["payload"]})
                     else:
                         body: dict[str, Any] = {"text": text}
@@ -143,6 +204,13 @@ def chat(gateway_url: str, language: str | None = None) -> None:
                 continue
             data = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
             buttons, pending = show(data.get("messages", []))
+            expecting = expects_file(data.get("messages", []))
+            for message in data.get("messages", []):
+                if message.get("file"):
+                    try:
+                        print(f"  [{words['file_saved']} {save_download(client, gateway_url, message['file'])}]")
+                    except httpx.HTTPError as exc:
+                        print(f"  {words['error']} ({type(exc).__name__}).")
             if data.get("language") in PROMPTS:
                 lang = data["language"]
                 words = PROMPTS[lang]

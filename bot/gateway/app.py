@@ -3,8 +3,10 @@
 Endpoints (bearer key required except for /health and the OpenAPI spec):
     POST /v1/conversations/{conversation_id}/messages   {"text", "language"?} or {"payload"}
     POST /v1/conversations/{conversation_id}/protected  {"value"}
+    POST /v1/conversations/{conversation_id}/files      multipart: file (+ language)
+    GET  /v1/conversations/{conversation_id}/downloads/{token}   a document offered in a reply
     GET  /health                                        200 when Rasa's model and the actions are up
-Replies: {"messages": [{"text", "buttons": [{"title", "payload"}], "image", "protected_input"}]}.
+Replies: {"messages": [{"text", "buttons": [{"title", "payload"}], "image", "protected_input", "file"}]}.
 """
 
 from __future__ import annotations
@@ -23,14 +25,15 @@ from typing import Annotated, Any
 import httpx
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from bot.dsp import vault
+from bot.dsp import DspError, documents, vault
+from bot.dsp import get_settings as dsp_settings
 from bot.dsp.uow import UnitOfWork
 from bot.gateway import language as lang
-from bot.gateway import messages, redact, store, web
+from bot.gateway import messages, redact, store, views, web
 from bot.gateway.settings import get_settings
 
 logger = logging.getLogger("bot.gateway")
@@ -43,8 +46,10 @@ SUPPORTED_LANGUAGES = ("fr", "de", "en")
 KINDS_TAKEN_AS_TYPED = ("password", "password_confirm")
 #: Kinds whose answer may be typed in groups of digits or capitals.
 CODE_KINDS = ("matricule", "activation_code", "otp", "pin", "pin_confirm", "phone")
-#: Largest request body accepted, in bytes.
+#: Largest request body accepted, in bytes (files: the upload limit on top).
 MAX_BODY_BYTES = 64_000
+FILES_PATH = re.compile(r"^/v1/conversations/[^/]+/files$")
+FILE_INTENT = "provide_file"
 #: One-word replies that stay conversation (not a secret) while a protected input is pending.
 COMMAND_WORDS = frozenset({
     "annuler", "stop", "arreter", "abandonner", "aide", "retour", "helpdesk", "non",
@@ -66,6 +71,15 @@ class ProtectedInput(BaseModel):
                                   "reset_token, pin, pin_confirm")
 
 
+class FileOut(BaseModel):
+    """A document the assistant sends: fetch `url` (same bearer key) within 10 minutes."""
+
+    name: str
+    mime_type: str
+    size_bytes: int
+    url: str = Field(description="path of GET /v1/conversations/{id}/downloads/{token}")
+
+
 class OutMessage(BaseModel):
     """One message of the assistant, channel-neutral."""
 
@@ -73,7 +87,19 @@ class OutMessage(BaseModel):
     buttons: list[Button] = Field(default_factory=list)
     image: str | None = None
     protected_input: ProtectedInput | None = None
-    custom: dict[str, Any] | None = None
+    file: FileOut | None = None
+    custom: dict[str, Any] | None = Field(default=None, description='e.g. {"expects": "file"}: the next answer '
+                                                                     "is a file for the /files endpoint")
+
+
+class UploadOutcome(BaseModel):
+    """What happened to a file sent to the /files endpoint."""
+
+    accepted: bool
+    error: str | None = Field(default=None, description="file_empty, file_too_large, file_type_refused, "
+                                                        "file_damaged, file_duplicate, quota_exceeded, not_logged_in…")
+    format: str | None = Field(default=None, description="pdf, jpeg, png, tiff, text, dicom (from the content)")
+    size_bytes: int | None = None
 
 
 class Reply(BaseModel):
@@ -81,6 +107,7 @@ class Reply(BaseModel):
 
     messages: list[OutMessage]
     language: str | None = Field(default=None, description="fr, de or en")
+    upload: UploadOutcome | None = Field(default=None, description="only in answers to the /files endpoint")
 
 
 class MessageIn(BaseModel):
@@ -182,6 +209,9 @@ class Gateway:
                 if custom.get("set_language") in SUPPORTED_LANGUAGES:
                     state.language = custom["set_language"]
                     continue
+                if (custom.get("view") or custom.get("expects")) and out and out[-1].custom is None:
+                    out[-1].custom = custom  # Rasa sends a response's custom part after its text
+                    continue
             buttons = [Button(title=str(b.get("title", "")), payload=str(b.get("payload", "")))
                        for b in item.get("buttons") or [] if b.get("payload")]
             offered += [b.payload for b in buttons]
@@ -224,11 +254,36 @@ class Gateway:
             logger.error("Rasa turn failed: %s", type(exc).__name__)
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                                 messages.text("unavailable", state.language)) from None
+        had_choices = any(item.get("buttons") for item in raw)
         reply = self.to_reply(state, raw)
+        await self.render_views(state, reply, had_choices)
         await asyncio.to_thread(store.save, state)
         reply.messages[:0] = [OutMessage(text=messages.text(note, state.language)) for note in notes]
         reply.language = state.language
         return reply
+
+
+    async def render_views(self, state: store.ConversationState, reply: Reply, had_choices: bool) -> None:
+        """Fill in the views of the reply (names, titles, files) and offer their buttons."""
+        offered: list[str] = []
+        for message in reply.messages:
+            custom = message.custom or {}
+            if not custom.get("view"):
+                continue
+            rendered = await views.render(state.conversation_id, state.language or "fr", custom, message.text)
+            if rendered.text is not None:
+                message.text = rendered.text
+            for title, payload in rendered.buttons or []:
+                message.buttons.append(Button(title=title, payload=payload))
+                offered.append(payload)
+            if rendered.file:
+                message.file = FileOut(**rendered.file)
+            message.custom = {key: value for key, value in custom.items() if key not in ("view", "ids", "holder_id",
+                                                                                         "document_id")} or None
+        if offered:
+            if not had_choices:
+                state.offered = []
+            state.offer(offered)
 
 
 def looks_like_an_answer(text: str, kind: str = "") -> bool:
@@ -297,7 +352,8 @@ async def access_log_and_errors(request: Request, call_next: Any) -> Any:
     path = "".join(ch if ch.isprintable() else "?" for ch in request.url.path)[:200]
     length = request.headers.get("content-length", "")
     chunked = "chunked" in request.headers.get("transfer-encoding", "")
-    if (length.isdigit() and int(length) > MAX_BODY_BYTES) or (request.method == "POST" and chunked):
+    too_long = length.isdigit() and int(length) > MAX_BODY_BYTES and not FILES_PATH.match(path)  # files: see post_file
+    if too_long or (request.method == "POST" and chunked):
         logger.info("%s %s 413 (body too large)", request.method, path)
         return JSONResponse({"messages": [{"text": messages.text("too_long", None)}]}, status_code=413)
     try:
@@ -364,6 +420,106 @@ async def post_protected(conversation_id: ConversationId, body: ProtectedIn, req
             # Nothing asked, or an answer to an earlier question (a repeated post) — never reuse it.
             raise HTTPException(status.HTTP_409_CONFLICT, messages.text("nothing_pending", state.language))
         return await gateway.answer_protected(state, body.value)
+
+
+def upload_limit_bytes() -> int:
+    """Return the largest file accepted, in bytes (DSP_UPLOAD_MAX_MB)."""
+    return int(dsp_settings().upload_max_mb * 1024 * 1024)
+
+
+def stage_file(conversation_id: str, data: bytes, filename: str | None) -> documents.StagedFile:
+    """Check and keep an uploaded file for the conversation's record (domain layer, worker thread)."""
+    with UnitOfWork() as uow:
+        documents.purge_expired_uploads(uow)  # files staged but never filed (their task was left)
+        uow.commit()
+        try:
+            staged = documents.stage_upload(uow, conversation_id, data, filename)
+        except DspError:
+            uow.commit()  # the refusal's audit row
+            raise
+        uow.commit()
+        return staged
+
+
+@app.post("/v1/conversations/{conversation_id}/files", response_model=Reply,
+          dependencies=[Depends(require_key)])
+async def post_file(conversation_id: ConversationId, request: Request) -> Reply:
+    """Send a file (multipart field `file`, optional field `language`) for the record.
+
+    The type is decided from the content, never from the name or the declared type. Refused files
+    (empty, too large, not an accepted type, damaged, already in the record, over the quota, or
+    sent without a login) are not stored; the assistant says why and the conversation goes on.
+    The reply says what happened in `upload`.
+    """
+    gateway = gateway_of(request)
+    limit = upload_limit_bytes()
+    async with gateway.locks.hold(conversation_id):
+        state = await asyncio.to_thread(store.load, conversation_id)
+        declared = request.headers.get("content-length", "")
+        error: str | None = None
+        staged: documents.StagedFile | None = None
+        if declared.isdigit() and int(declared) > limit + MAX_BODY_BYTES:
+            error = "file_too_large"  # refused without keeping anything: the body is read and dropped
+            drained = 0
+            async for chunk in request.stream():
+                drained += len(chunk)
+                if drained > 8 * limit:
+                    break  # the connection closes; the client still gets the answer if it reads it
+        else:
+            try:
+                form = await request.form(max_files=1, max_fields=4)
+            except Exception:  # noqa: BLE001 - malformed multipart
+                raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+                                    messages.text("file_missing", state.language)) from None
+            upload = form.get("file")
+            language = form.get("language")
+            if isinstance(language, str) and language.strip().lower() in SUPPORTED_LANGUAGES:
+                state.language = language.strip().lower()
+            if upload is None or isinstance(upload, str):
+                raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, messages.text("file_missing",
+                                                                                        state.language))
+            data = await upload.read(limit + 1)
+            filename = upload.filename
+            await upload.close()
+            if len(data) > limit:
+                error = "file_too_large"
+            else:
+                try:
+                    staged = await asyncio.to_thread(stage_file, conversation_id, data, filename)
+                except DspError as refusal:
+                    error = refusal.code
+        if state.language is None:
+            state.language = get_settings().default_language
+        entity = {"upload_ref": staged.ref} if staged else {"upload_error": error}
+        reply = await gateway.turn(state, f"/{FILE_INTENT}" + json.dumps(entity), [])
+        reply.upload = UploadOutcome(accepted=staged is not None, error=error,
+                                     format=staged.format if staged else None,
+                                     size_bytes=staged.size_bytes if staged else None)
+        return reply
+
+
+@app.get("/v1/conversations/{conversation_id}/downloads/{token}", dependencies=[Depends(require_key)])
+async def get_download(conversation_id: ConversationId, token: Annotated[str, Path(max_length=200)]) -> Response:
+    """Download a document offered in a reply (link valid 10 minutes, this conversation only; audited)."""
+    document_id = views.check_download_token(conversation_id, token)
+    if document_id is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, messages.text("download_expired", None))
+
+    def read() -> tuple[documents.DocumentInfo, bytes]:
+        with UnitOfWork() as uow:
+            try:
+                return documents.read_document(uow, conversation_id, document_id)
+            finally:
+                uow.commit()  # the read's audit row, refusals included
+
+    try:
+        info, data = await asyncio.to_thread(read)
+    except DspError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, messages.text("document_gone", None)) from None
+    return Response(content=data, media_type=info.mime_type, headers={
+        "Content-Disposition": f'attachment; filename="{views.file_name(info)}"',
+        "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
+    })
 
 
 @app.get("/health")

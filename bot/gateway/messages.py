@@ -45,6 +45,38 @@ MESSAGES: dict[str, dict[str, str]] = {
         "de": "Dieser Wert ist zu lang. Bitte prüfen und erneut senden.",
         "en": "That value is too long. Check it and send it again.",
     },
+    "document_gone": {
+        "fr": "Je ne trouve pas ce document dans le dossier. Demandez « mes documents » pour voir la liste à jour.",
+        "de": "Ich finde dieses Dokument nicht im Dossier. Fragen Sie nach „meine Dokumente“ für die aktuelle Liste.",
+        "en": "I cannot find that document in the record. Ask for \"my documents\" to see the current list.",
+    },
+    "view_refused": {
+        "fr": "Je ne peux pas afficher cela pour l'instant. Vérifiez que vous êtes toujours connecté, puis réessayez.",
+        "de": "Das kann ich gerade nicht anzeigen. Prüfen Sie, ob Sie noch angemeldet sind, und versuchen Sie es "
+              "erneut.",
+        "en": "I cannot show that right now. Check that you are still logged in, then try again.",
+    },
+    "download_expired": {
+        "fr": "Ce lien de téléchargement a expiré. Redemandez le document dans la conversation.",
+        "de": "Dieser Download-Link ist abgelaufen. Fordern Sie das Dokument im Gespräch erneut an.",
+        "en": "This download link has expired. Ask for the document again in the conversation.",
+    },
+    "file_missing": {
+        "fr": "Aucun fichier reçu. Joignez un fichier (champ « file ») et renvoyez-le.",
+        "de": "Keine Datei erhalten. Hängen Sie eine Datei an (Feld „file“) und senden Sie sie erneut.",
+        "en": "No file received. Attach a file (field \"file\") and send it again.",
+    },
+}
+
+#: Labels of the document types a patient may add (the app's French label first).
+DOCUMENT_TYPES: dict[str, dict[str, str]] = {
+    "holder_expression": {"fr": "Expression du titulaire", "de": "Expression du titulaire",
+                          "en": "Expression du titulaire"},
+    "advance_directives": {"fr": "Directives anticipées", "de": "Patientenverfügung",
+                           "en": "Advance directives"},
+    "end_of_life_wishes": {"fr": "Dispositions de fin de vie", "de": "Verfügungen zum Lebensende",
+                           "en": "End-of-life wishes"},
+    "vaccination": {"fr": "Vaccinations", "de": "Impfungen", "en": "Vaccinations"},
 }
 
 
@@ -56,3 +88,11 @@ def text(key: str, language: str | None) -> str:
     """
     variants = MESSAGES[key]
     return variants.get(language or "fr", variants["fr"])
+
+
+def document_type(code: str, language: str | None) -> str:
+    """Return the label of a document type in `language` (the code itself for a type added by a professional)."""
+    labels = DOCUMENT_TYPES.get(code)
+    if labels is None:
+        return code
+    return labels.get(language or "fr", labels["fr"])

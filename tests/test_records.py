@@ -1,0 +1,255 @@
+"""Record tasks through the gateway with the real Rasa server and action server (issue 3).
+
+Documents (upload with every refusal, "Mes documents", download), access of professionals (grant,
+block, unblock, list), and acting as a designated assistant — in French and another language.
+Assertions read the gateway's replies and the names of the responses Rasa uttered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import pytest
+from pypdf import PdfWriter
+
+from tests.support import Chat, logged_in, run_dsp
+
+pytestmark = pytest.mark.services
+
+
+def pdf_bytes(pages: int = 1) -> bytes:
+    """Return a small valid PDF."""
+    writer = PdfWriter()
+    for _ in range(pages):
+        writer.add_blank_page(width=595, height=842)
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    return buffer.getvalue()
+
+
+def stored_files(services) -> set[str]:
+    """Names of the files kept in the documents store."""
+    folder = services.state_dir / "documents"
+    return {path.name for path in folder.iterdir()} if folder.exists() else set()
+
+
+def said(services, chat: Chat, last: int = 4) -> list[str]:
+    """Names of the last responses of the conversation."""
+    return services.rasa.responses(chat.id)[-last:]
+
+
+def requested_slot(services, chat: Chat) -> str | None:
+    """The slot the active form asks for."""
+    return services.rasa.tracker(chat.id)["slots"].get("requested_slot")
+
+
+def choose_button(chat: Chat, fragment: str) -> None:
+    """Choose the offered button whose payload contains `fragment`."""
+    button = next(b for b in chat.buttons if fragment in b["payload"])
+    chat.choose(button["payload"])
+
+
+UPLOAD = {"fr": "je veux ajouter un document à mon dossier", "de": "Ich möchte ein Dokument hinzufügen",
+          "en": "I want to add a document to my record"}
+MY_DOCUMENTS = {"fr": "montre-moi mes documents", "de": "Zeig mir meine Dokumente", "en": "show me my documents"}
+
+
+@pytest.mark.parametrize("language", ["fr", "en"])
+def test_upload_then_list_then_download(services, language):
+    chat, _ = logged_in(services, language)
+    chat.say(UPLOAD[language])
+    assert said(services, chat, 1) == ["utter_ask_upload_ref"]
+    assert (chat.last[-1].get("custom") or {}).get("expects") == "file"
+    data = pdf_bytes()
+    reply = chat.upload("Mon bilan 2026.pdf", data, "application/pdf")
+    assert reply["upload"] == {"accepted": True, "error": None, "format": "pdf", "size_bytes": len(data)}
+    assert said(services, chat, 1) == ["utter_ask_document_type"]
+    assert any('"holder_expression"' in b["payload"] for b in chat.buttons)
+    choose_button(chat, "holder_expression")
+    assert said(services, chat, 1) == ["utter_document_added"]
+
+    chat.say(MY_DOCUMENTS[language])
+    assert said(services, chat, 1) == ["utter_documents_list"]
+    assert "Mon bilan 2026" in chat.text  # filled in by the gateway, never seen by Rasa
+    assert "Mon bilan 2026" not in json.dumps(services.rasa.tracker(chat.id))
+    choose_button(chat, "document_id")
+    assert said(services, chat, 1) == ["utter_document_sent"]
+    file = next(m["file"] for m in chat.last if m.get("file"))
+    assert file["mime_type"] == "application/pdf" and file["name"].endswith(".pdf")
+    response = chat.download(file["url"])
+    assert response.status_code == 200
+    assert hashlib.sha256(response.content).hexdigest() == hashlib.sha256(data).hexdigest()
+    # The link is bound to its conversation.
+    other = Chat(services.gateway_url, services.key, services.env, language)
+    assert other.download(file["url"].replace(chat.id, other.id)).status_code == 404
+
+
+def test_every_refused_file_stores_nothing_and_the_chat_goes_on(services):
+    chat, _ = logged_in(services, "de")
+    chat.say(UPLOAD["de"])
+    before = stored_files(services)
+    good = pdf_bytes(2)
+    refused = [
+        ("leer.pdf", b"", "file_empty"),
+        ("befund.pdf", b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff" + b"\x00" * 200, "file_type_refused"),
+        ("abgeschnitten.pdf", good[: len(good) // 2], "file_damaged"),
+        ("gross.pdf", b"%PDF-1.4\n" + b"0" * (1024 * 1024 + 10), "file_too_large"),
+        ("riesig.pdf", b"%PDF-1.4\n" + b"0" * (3 * 1024 * 1024), "file_too_large"),
+    ]
+    for name, data, code in refused:
+        reply = chat.upload(name, data)
+        assert reply["upload"]["accepted"] is False and reply["upload"]["error"] == code, (name, reply["upload"])
+        assert f"utter_err_{code}" in said(services, chat, 2), (name, said(services, chat))
+        assert requested_slot(services, chat) == "upload_ref"  # the form still waits for a file
+        assert stored_files(services) == before
+    reply = chat.upload("befund.pdf", good, "application/pdf")
+    assert reply["upload"]["accepted"] is True
+    choose_button(chat, "holder_expression")
+    assert said(services, chat, 1) == ["utter_document_added"]
+    # The same file again is recognised.
+    chat.say(UPLOAD["de"])
+    reply = chat.upload("noch einmal.pdf", good, "application/pdf")
+    assert reply["upload"]["error"] == "file_duplicate"
+    assert "utter_err_file_duplicate" in said(services, chat, 2)
+    chat.say("abbrechen")
+    assert said(services, chat, 1) == ["utter_cancelled"]
+
+
+def test_a_file_without_login_is_refused_and_a_task_waits_for_the_login(services):
+    from tests.support import activate, log_in, new_letter
+
+    chat = Chat(services.gateway_url, services.key, services.env, "fr")
+    before = stored_files(services)
+    reply = chat.upload("note.txt", "Mes allergies : pénicilline".encode())
+    assert reply["upload"]["error"] == "not_logged_in"
+    assert said(services, chat, 1) == ["utter_err_not_logged_in"]
+    assert stored_files(services) == before
+
+    patient = new_letter(services)
+    activate(services, "fr", patient)
+    chat = Chat(services.gateway_url, services.key, services.env, "fr")
+    chat.say(UPLOAD["fr"])
+    assert "utter_need_login" in said(services, chat, 3)
+    assert chat.pending == "matricule"
+    chat.protect(patient["matricule"])
+    chat.protect(patient["password"])
+    chat.protect(chat.outbox_code(patient["email"]))
+    assert said(services, chat, 1) == ["utter_ask_terms"]
+    chat.say("oui")
+    assert said(services, chat, 3) == ["utter_logged_in", "utter_resume_task", "utter_ask_upload_ref"]
+    reply = chat.upload("note.txt", "Mes allergies : pénicilline".encode())
+    assert reply["upload"]["format"] == "text"
+    del log_in
+
+
+GRANT = {"fr": "je veux donner accès à mon dossier à un médecin", "en": "I want to give a doctor access to my record"}
+
+
+@pytest.mark.parametrize("language", ["fr", "en"])
+def test_grant_access_with_every_search_answer(services, language):
+    chat, _ = logged_in(services, language)
+    chat.say(GRANT[language])
+    assert said(services, chat, 1) == ["utter_ask_grant_form_professional_query"]
+    chat.say("mu")
+    assert said(services, chat, 2) == ["utter_err_search_too_short", "utter_ask_grant_form_professional_query"]
+    chat.say("zzyzxw")
+    assert said(services, chat, 2) == ["utter_err_search_no_match", "utter_ask_grant_form_professional_query"]
+    chat.say("medecin")
+    assert said(services, chat, 2) == ["utter_err_search_too_many", "utter_ask_grant_form_professional_query"]
+    chat.say("muller")
+    assert said(services, chat, 1) == ["utter_choose_professional"]
+    assert any("Müller" in b["title"] for b in chat.buttons)
+    choose_button(chat, "professional_id")
+    assert said(services, chat, 1) == ["utter_ask_grant_form_access_confirmed"]
+    chat.choose("/affirm")
+    assert said(services, chat, 1) == ["utter_access_granted"]
+    chat.say({"fr": "qui a accès à mon dossier ?", "en": "who has access to my record?"}[language])
+    assert "utter_access_list_granted" in said(services, chat, 2)
+    assert "Müller" in chat.text
+
+
+def test_block_then_unblock(services):
+    chat, _ = logged_in(services, "fr")
+    chat.say(GRANT["fr"])
+    chat.say("muller")
+    choose_button(chat, "professional_id")
+    chat.choose("/affirm")
+    assert said(services, chat, 1) == ["utter_access_granted"]
+
+    chat.say("je veux bloquer l'accès d'un médecin")
+    assert said(services, chat, 1) == ["utter_ask_block_form_professional_query"]
+    chat.say("muller")
+    choose_button(chat, "professional_id")
+    assert said(services, chat, 1) == ["utter_ask_block_form_access_confirmed"]
+    assert any("bloquer" in b["title"].lower() for b in chat.buttons)
+    chat.choose("/affirm")
+    assert said(services, chat, 1) == ["utter_access_blocked"]
+    chat.say("qui a accès à mon dossier ?")
+    assert said(services, chat, 1) == ["utter_access_list_blocked"]  # the grant was removed by the block
+
+    chat.say(GRANT["fr"])  # granting a blocked professional asks to lift the block first
+    chat.say("muller")
+    choose_button(chat, "professional_id")
+    assert "utter_err_professional_blocked" in said(services, chat, 2)
+
+    chat.say("je veux débloquer un professionnel")
+    assert said(services, chat, 1) == ["utter_choose_blocked_professional"]
+    choose_button(chat, "professional_id")
+    assert said(services, chat, 1) == ["utter_ask_unblock_form_access_confirmed"]
+    chat.choose("/affirm")
+    assert said(services, chat, 1) == ["utter_access_unblocked"]
+    chat.say("je veux débloquer un professionnel")
+    assert said(services, chat, 1) == ["utter_nothing_blocked"]
+
+
+def test_assistant_switches_acts_and_loses_access_when_revoked(services):
+    holder_chat, holder = logged_in(services, "de", name=("Henriette", "Kieffer-Test"))
+    holder_chat.say(UPLOAD["de"])
+    holder_chat.upload("Patientenverfügung.pdf", pdf_bytes(3), "application/pdf")
+    choose_button(holder_chat, "advance_directives")
+    stranger_chat, _ = logged_in(services, "de")
+    chat, assistant = logged_in(services, "de")
+    run_dsp(services.env, "designate-assistant", "--holder", holder["matricule"],
+            "--assistant", assistant["matricule"])
+
+    chat.say("Ich bin Assistent einer anderen Person und möchte ihr DSP öffnen")
+    assert said(services, chat, 1) == ["utter_assisted_list"]
+    assert any("Kieffer-Test" in b["title"] for b in chat.buttons)  # the name comes from the gateway
+    choose_button(chat, "holder_id")
+    assert said(services, chat, 1) == ["utter_ask_switch_confirmed"]
+    assert "Kieffer-Test" in chat.text and "[[person]]" not in chat.text
+    chat.choose("/affirm")
+    assert said(services, chat, 1) == ["utter_switched"]
+    chat.say(MY_DOCUMENTS["de"])
+    assert said(services, chat, 1) == ["utter_documents_list"]
+    assert "Patientenverfügung" in chat.text
+    tracker_text = json.dumps(services.rasa.tracker(chat.id), ensure_ascii=False)
+    assert "Kieffer" not in tracker_text and "Patientenverfügung" not in tracker_text
+
+    audit = [json.loads(line) for line in run_dsp_lines(services, "audit", "--last", "30")]
+    assert any(row["action"] == "document.list" and row["on_behalf_of"] for row in audit)
+
+    # A person who is not designated gets nothing.
+    stranger_chat.say("Ich bin Assistent einer anderen Person und möchte ihr DSP öffnen")
+    assert said(services, stranger_chat, 1) == ["utter_no_designation"]
+
+    run_dsp(services.env, "designate-assistant", "--holder", holder["matricule"],
+            "--assistant", assistant["matricule"], "--revoke")
+    chat.say(MY_DOCUMENTS["de"])
+    assert "utter_err_assistant_revoked" in said(services, chat, 2)
+    assert "Patientenverfügung" not in chat.text
+    chat.say("zurück zu meinem eigenen Dossier")
+    assert said(services, chat, 1) == ["utter_already_own_record"]
+
+
+def run_dsp_lines(services, *args: str) -> list[str]:
+    """Run the `dsp` command and return its output lines."""
+    import subprocess
+
+    from tests.support import DSP
+
+    out = subprocess.run([str(DSP), *args], capture_output=True, text=True, env=services.env, timeout=120,
+                         check=True)
+    return [line for line in out.stdout.splitlines() if line.strip()]
