@@ -19,6 +19,12 @@ from tests.support import Chat, logged_in, run_dsp
 pytestmark = pytest.mark.services
 
 
+@pytest.fixture(scope="module", autouse=True)
+def directory(services):
+    """The professionals' directory (and the demo patients) of the demo data."""
+    run_dsp_lines(services, "seed-demo")
+
+
 def pdf_bytes(pages: int = 1) -> bytes:
     """Return a small valid PDF."""
     writer = PdfWriter()
@@ -86,9 +92,10 @@ def test_upload_then_list_then_download(services, language):
     assert other.download(file["url"].replace(chat.id, other.id)).status_code == 404
 
 
-def test_every_refused_file_stores_nothing_and_the_chat_goes_on(services):
-    chat, _ = logged_in(services, "de")
-    chat.say(UPLOAD["de"])
+@pytest.mark.parametrize("language", ["fr", "de"])
+def test_every_refused_file_stores_nothing_and_the_chat_goes_on(services, language):
+    chat, _ = logged_in(services, language)
+    chat.say(UPLOAD[language])
     before = stored_files(services)
     good = pdf_bytes(2)
     refused = [
@@ -109,11 +116,11 @@ def test_every_refused_file_stores_nothing_and_the_chat_goes_on(services):
     choose_button(chat, "holder_expression")
     assert said(services, chat, 1) == ["utter_document_added"]
     # The same file again is recognised.
-    chat.say(UPLOAD["de"])
+    chat.say(UPLOAD[language])
     reply = chat.upload("noch einmal.pdf", good, "application/pdf")
     assert reply["upload"]["error"] == "file_duplicate"
     assert "utter_err_file_duplicate" in said(services, chat, 2)
-    chat.say("abbrechen")
+    chat.say({"fr": "annuler", "de": "abbrechen"}[language])
     assert said(services, chat, 1) == ["utter_cancelled"]
 
 
@@ -170,77 +177,124 @@ def test_grant_access_with_every_search_answer(services, language):
     assert "Müller" in chat.text
 
 
-def test_block_then_unblock(services):
-    chat, _ = logged_in(services, "fr")
-    chat.say(GRANT["fr"])
+BLOCK = {
+    "fr": {"block": "je veux bloquer l'accès d'un médecin", "who": "qui a accès à mon dossier ?",
+           "unblock": "je veux débloquer un professionnel", "yes_block": "bloquer"},
+    "en": {"block": "I want to block a doctor's access to my record", "who": "who has access to my record?",
+           "unblock": "I want to unblock a professional", "yes_block": "block"},
+}
+
+
+@pytest.mark.parametrize("language", ["fr", "en"])
+def test_block_then_unblock(services, language):
+    words = BLOCK[language]
+    chat, _ = logged_in(services, language)
+    chat.say(GRANT[language])
     chat.say("muller")
     choose_button(chat, "professional_id")
     chat.choose("/affirm")
     assert said(services, chat, 1) == ["utter_access_granted"]
 
-    chat.say("je veux bloquer l'accès d'un médecin")
+    chat.say(words["block"])
     assert said(services, chat, 1) == ["utter_ask_block_form_professional_query"]
-    chat.say("muller")
+    chat.say("muller cardio")  # name and specialty narrow the search
+    assert said(services, chat, 1) == ["utter_choose_professional"]
+    assert len(chat.buttons) == 1
     choose_button(chat, "professional_id")
     assert said(services, chat, 1) == ["utter_ask_block_form_access_confirmed"]
-    assert any("bloquer" in b["title"].lower() for b in chat.buttons)
+    assert any(words["yes_block"] in b["title"].lower() for b in chat.buttons)
     chat.choose("/affirm")
     assert said(services, chat, 1) == ["utter_access_blocked"]
-    chat.say("qui a accès à mon dossier ?")
-    assert said(services, chat, 1) == ["utter_access_list_blocked"]  # the grant was removed by the block
+    chat.say(words["who"])
+    assert "utter_access_list_blocked" in said(services, chat, 2)
 
-    chat.say(GRANT["fr"])  # granting a blocked professional asks to lift the block first
-    chat.say("muller")
+    chat.say(GRANT[language])  # granting a blocked professional asks to lift the block first
+    chat.say("muller cardio")
     choose_button(chat, "professional_id")
     assert "utter_err_professional_blocked" in said(services, chat, 2)
 
-    chat.say("je veux débloquer un professionnel")
+    chat.say(words["unblock"])
     assert said(services, chat, 1) == ["utter_choose_blocked_professional"]
     choose_button(chat, "professional_id")
     assert said(services, chat, 1) == ["utter_ask_unblock_form_access_confirmed"]
     chat.choose("/affirm")
     assert said(services, chat, 1) == ["utter_access_unblocked"]
-    chat.say("je veux débloquer un professionnel")
+    chat.say(words["unblock"])
     assert said(services, chat, 1) == ["utter_nothing_blocked"]
 
 
-def test_assistant_switches_acts_and_loses_access_when_revoked(services):
-    holder_chat, holder = logged_in(services, "de", name=("Henriette", "Kieffer-Test"))
-    holder_chat.say(UPLOAD["de"])
-    holder_chat.upload("Patientenverfügung.pdf", pdf_bytes(3), "application/pdf")
+def test_blocking_removes_an_earlier_access(services):
+    chat, _ = logged_in(services, "fr")
+    chat.say(GRANT["fr"])
+    chat.say("muller cardio")
+    choose_button(chat, "professional_id")
+    chat.choose("/affirm")
+    chat.say(BLOCK["fr"]["block"])
+    chat.say("muller cardio")
+    choose_button(chat, "professional_id")
+    chat.choose("/affirm")
+    chat.say(BLOCK["fr"]["who"])
+    assert said(services, chat, 1) == ["utter_access_list_blocked"]  # no longer among those with access
+
+
+ASSISTANT = {
+    "de": {"assist": "Ich bin Assistent einer anderen Person und möchte ihr DSP öffnen",
+           "back": "zurück zu meinem eigenen Dossier", "file": "Patientenverfügung"},
+    "fr": {"assist": "je suis l'assistant d'une autre personne, je veux consulter son DSP",
+           "back": "revenir à mon propre dossier", "file": "Directives de ma tante"},
+}
+
+
+@pytest.mark.parametrize("language", ["fr", "de"])
+def test_assistant_switches_acts_and_loses_access_when_revoked(services, language):
+    words = ASSISTANT[language]
+    family = f"Kieffer-{language}"
+    holder_chat, holder = logged_in(services, language, name=("Henriette", family))
+    holder_chat.say(UPLOAD[language])
+    holder_chat.upload(words["file"] + ".pdf", pdf_bytes(3), "application/pdf")
     choose_button(holder_chat, "advance_directives")
-    stranger_chat, _ = logged_in(services, "de")
-    chat, assistant = logged_in(services, "de")
+    stranger_chat, _ = logged_in(services, language)
+    chat, assistant = logged_in(services, language)
     run_dsp(services.env, "designate-assistant", "--holder", holder["matricule"],
             "--assistant", assistant["matricule"])
 
-    chat.say("Ich bin Assistent einer anderen Person und möchte ihr DSP öffnen")
+    chat.say(words["assist"])
     assert said(services, chat, 1) == ["utter_assisted_list"]
-    assert any("Kieffer-Test" in b["title"] for b in chat.buttons)  # the name comes from the gateway
+    assert any(family in b["title"] for b in chat.buttons)  # the name comes from the gateway
     choose_button(chat, "holder_id")
     assert said(services, chat, 1) == ["utter_ask_switch_confirmed"]
-    assert "Kieffer-Test" in chat.text and "[[person]]" not in chat.text
+    assert family in chat.text and "[[person]]" not in chat.text
     chat.choose("/affirm")
     assert said(services, chat, 1) == ["utter_switched"]
-    chat.say(MY_DOCUMENTS["de"])
+    chat.say(MY_DOCUMENTS[language])
     assert said(services, chat, 1) == ["utter_documents_list"]
-    assert "Patientenverfügung" in chat.text
+    assert words["file"] in chat.text
     tracker_text = json.dumps(services.rasa.tracker(chat.id), ensure_ascii=False)
-    assert "Kieffer" not in tracker_text and "Patientenverfügung" not in tracker_text
+    assert family not in tracker_text and words["file"] not in tracker_text
 
     audit = [json.loads(line) for line in run_dsp_lines(services, "audit", "--last", "30")]
-    assert any(row["action"] == "document.list" and row["on_behalf_of"] for row in audit)
+    listing = [row for row in audit if row["action"] == "document.list" and row["on_behalf_of"]][-1]
+    assert listing["on_behalf_of"] == f"patient:{listing['patient_id']}"  # the holder's record...
+    assert listing["actor_patient_id"] != listing["patient_id"]  # ...read by the assistant
+
+    # Back to one's own record in one step, and into the other's again.
+    chat.say(words["back"])
+    assert said(services, chat, 1) == ["utter_switched_back"]
+    chat.say(words["assist"])
+    choose_button(chat, "holder_id")
+    chat.choose("/affirm")
+    assert said(services, chat, 1) == ["utter_switched"]
 
     # A person who is not designated gets nothing.
-    stranger_chat.say("Ich bin Assistent einer anderen Person und möchte ihr DSP öffnen")
+    stranger_chat.say(words["assist"])
     assert said(services, stranger_chat, 1) == ["utter_no_designation"]
 
     run_dsp(services.env, "designate-assistant", "--holder", holder["matricule"],
             "--assistant", assistant["matricule"], "--revoke")
-    chat.say(MY_DOCUMENTS["de"])
+    chat.say(MY_DOCUMENTS[language])
     assert "utter_err_assistant_revoked" in said(services, chat, 2)
-    assert "Patientenverfügung" not in chat.text
-    chat.say("zurück zu meinem eigenen Dossier")
+    assert words["file"] not in chat.text
+    chat.say(words["back"])
     assert said(services, chat, 1) == ["utter_already_own_record"]
 
 
