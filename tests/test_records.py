@@ -307,3 +307,23 @@ def run_dsp_lines(services, *args: str) -> list[str]:
     out = subprocess.run([str(DSP), *args], capture_output=True, text=True, env=services.env, timeout=120,
                          check=True)
     return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_the_terminal_chat_sends_a_file_by_its_path_and_saves_a_document(services, tmp_path):
+    import subprocess
+    import sys
+
+    chat, _ = logged_in(services, "fr")
+    report = tmp_path / "compte rendu.pdf"
+    report.write_bytes(pdf_bytes(4))
+    lines = ["ajouter un document", str(report), "1", "mes documents", "1", ""]
+    out = subprocess.run(
+        [sys.executable, "-m", "bot.chat.terminal", "--gateway", services.gateway_url, "--language", "fr",
+         "--conversation", chat.id],
+        input="\n".join(lines), capture_output=True, text=True, env=services.env, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "utter_document_added" in services.rasa.responses(chat.id)
+    saved = list((services.state_dir / "downloads").glob("compte rendu*.pdf"))
+    assert saved and saved[0].read_bytes() == report.read_bytes()
+    assert "document enregistré" in out.stdout

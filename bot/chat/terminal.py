@@ -151,9 +151,15 @@ def show(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | No
     return buttons, pending
 
 
-def chat(gateway_url: str, language: str | None = None) -> None:
-    """Run the interactive chat until Ctrl-D / Ctrl-C."""
-    conversation = "term-" + uuid.uuid4().hex[:12]
+def chat(gateway_url: str, language: str | None = None, conversation: str | None = None) -> None:
+    """Run the interactive chat until Ctrl-D / Ctrl-C (or the end of its input).
+
+    Args:
+        gateway_url: e.g. ``http://127.0.0.1:8000``.
+        language: fr, de or en to fix the language; None lets the gateway detect it.
+        conversation: Resume this conversation id instead of starting a new one.
+    """
+    conversation = conversation or "term-" + uuid.uuid4().hex[:12]
     headers = {"Authorization": f"Bearer {api_key()}"}
     base = f"{gateway_url}/v1/conversations/{conversation}"
     outbox = OutboxWatcher()
@@ -215,3 +221,20 @@ def chat(gateway_url: str, language: str | None = None) -> None:
                 lang = data["language"]
                 words = PROMPTS[lang]
             outbox.show_new(words)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: chat with an already running gateway (``make serve`` in another terminal)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bot.chat.terminal", description=main.__doc__)
+    parser.add_argument("--gateway", default=os.environ.get("GATEWAY_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--language", choices=sorted(PROMPTS))
+    parser.add_argument("--conversation", help="resume this conversation id")
+    args = parser.parse_args(argv)
+    chat(args.gateway.rstrip("/"), args.language, args.conversation)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -70,6 +70,34 @@ def _create_all(engine: Engine) -> None:
     from bot.dsp import orm  # noqa: F401  (registers the tables)
 
     Base.metadata.create_all(engine)
+    if engine.dialect.name == "sqlite":
+        _add_new_columns(engine)
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """Add the nullable columns a newer version declares to an embedded SQLite file made by an older one.
+
+    Only for the embedded default (a demo file in ``var/`` must survive an update); a column that
+    is not nullable cannot be added this way and raises. Production schemas change through
+    migrations, not here.
+
+    Raises:
+        RuntimeError: a new column is NOT NULL (the file must be recreated: ``make clean-state``).
+    """
+    present = inspect(engine)
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            if not present.has_table(table.name):
+                continue
+            existing = {column["name"] for column in present.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in existing:
+                    continue
+                if not column.nullable:
+                    raise RuntimeError(f"{table.name}.{column.name} is new and NOT NULL: recreate the database "
+                                       "(make clean-state)")
+                kind = column.type.compile(dialect=engine.dialect)
+                connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
 
 
 def init_db() -> None:
