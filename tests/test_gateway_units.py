@@ -97,3 +97,31 @@ def test_grouped_codes_while_a_code_is_pending_are_the_answer(text, kind, answer
     from bot.gateway.app import looks_like_an_answer
 
     assert looks_like_an_answer(text, kind) is answer
+
+
+def test_download_names_of_any_script_make_a_valid_header():
+    from bot.gateway.views import content_disposition
+
+    header = content_disposition("Łódź wyniki 检查.pdf")
+    header.encode("latin-1")  # what the HTTP server must be able to send
+    assert header.startswith('attachment; filename="')
+    assert "filename*=UTF-8''%C5%81%C3%B3d%C5%BA" in header
+    assert content_disposition("检查.pdf").startswith('attachment; filename="document.pdf"')
+
+
+def test_download_tokens_refuse_forgeries(monkeypatch, tmp_path):
+    monkeypatch.setenv("DSP_STATE_DIR", str(tmp_path))
+    from bot.dsp.settings import get_settings
+    from bot.gateway.views import check_download_token, download_token, seal, unseal
+
+    get_settings.cache_clear()
+    token = download_token("conv-a", 12)
+    assert check_download_token("conv-a", token) == 12
+    assert check_download_token("conv-b", token) is None
+    assert check_download_token("conv-a", "².1796097553.abc") is None  # not a 500
+    assert check_download_token("conv-a", token, now=10**10) is None  # expired
+    sealed = seal("viewer", {"c": "conv-a", "s": 4}, 60)
+    assert unseal("viewer", sealed)["s"] == 4
+    assert unseal("image", sealed) is None  # another purpose
+    assert unseal("viewer", sealed[:-1] + ("0" if sealed[-1] != "0" else "1")) is None
+    get_settings.cache_clear()

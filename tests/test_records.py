@@ -62,14 +62,18 @@ UPLOAD = {"fr": "je veux ajouter un document à mon dossier", "de": "Ich möchte
 MY_DOCUMENTS = {"fr": "montre-moi mes documents", "de": "Zeig mir meine Dokumente", "en": "show me my documents"}
 
 
+TITLES = {"fr": "Mon bilan 2026", "en": "Łódź wyniki 检查"}  # any script survives the download header
+
+
 @pytest.mark.parametrize("language", ["fr", "en"])
 def test_upload_then_list_then_download(services, language):
     chat, _ = logged_in(services, language)
     chat.say(UPLOAD[language])
     assert said(services, chat, 1) == ["utter_ask_upload_ref"]
     assert (chat.last[-1].get("custom") or {}).get("expects") == "file"
+    chat.upload("premier envoi.txt", b"un autre fichier, remplace ensuite\n")  # replaced by the next file
     data = pdf_bytes()
-    reply = chat.upload("Mon bilan 2026.pdf", data, "application/pdf")
+    reply = chat.upload(TITLES[language] + ".pdf", data, "application/pdf")
     assert reply["upload"] == {"accepted": True, "error": None, "format": "pdf", "size_bytes": len(data)}
     assert said(services, chat, 1) == ["utter_ask_document_type"]
     assert any('"holder_expression"' in b["payload"] for b in chat.buttons)
@@ -78,14 +82,16 @@ def test_upload_then_list_then_download(services, language):
 
     chat.say(MY_DOCUMENTS[language])
     assert said(services, chat, 1) == ["utter_documents_list"]
-    assert "Mon bilan 2026" in chat.text  # filled in by the gateway, never seen by Rasa
-    assert "Mon bilan 2026" not in json.dumps(services.rasa.tracker(chat.id))
+    assert TITLES[language] in chat.text  # filled in by the gateway, never seen by Rasa
+    assert "premier envoi" not in chat.text  # the replaced file was not filed
+    assert TITLES[language] not in json.dumps(services.rasa.tracker(chat.id), ensure_ascii=False)
     choose_button(chat, "document_id")
     assert said(services, chat, 1) == ["utter_document_sent"]
     file = next(m["file"] for m in chat.last if m.get("file"))
     assert file["mime_type"] == "application/pdf" and file["name"].endswith(".pdf")
     response = chat.download(file["url"])
     assert response.status_code == 200
+    assert "filename*=UTF-8''" in response.headers["content-disposition"]
     assert hashlib.sha256(response.content).hexdigest() == hashlib.sha256(data).hexdigest()
     # The link is bound to its conversation.
     other = Chat(services.gateway_url, services.key, services.env, language)
@@ -167,14 +173,36 @@ def test_grant_access_with_every_search_answer(services, language):
     assert said(services, chat, 2) == ["utter_err_search_too_many", "utter_ask_grant_form_professional_query"]
     chat.say("muller")
     assert said(services, chat, 1) == ["utter_choose_professional"]
-    assert any("Müller" in b["title"] for b in chat.buttons)
-    choose_button(chat, "professional_id")
+    assert len(chat.buttons) >= 2 and all("Müller" in b["title"] for b in chat.buttons)
+    second = chat.buttons[1]["title"].split(" — ")[0]
+    chat.say("2")  # a typed number answers the offered choices, as a voice or text-only client would
     assert said(services, chat, 1) == ["utter_ask_grant_form_access_confirmed"]
+    assert second in chat.text
     chat.choose("/affirm")
     assert said(services, chat, 1) == ["utter_access_granted"]
     chat.say({"fr": "qui a accès à mon dossier ?", "en": "who has access to my record?"}[language])
     assert "utter_access_list_granted" in said(services, chat, 2)
-    assert "Müller" in chat.text
+    assert second in chat.text
+    chat.say("17")  # a number that answers no offered choice is never read as an id
+    assert not any(m.get("file") for m in chat.last)
+    assert said(services, chat, 1)[0] in {"utter_ask_rephrase", "utter_fallback_helpdesk", "utter_anything_else"}
+
+
+def test_a_listing_asked_before_the_login_comes_once_after_it(services):
+    from tests.support import activate, new_letter
+
+    patient = new_letter(services)
+    activate(services, "fr", patient)
+    chat = Chat(services.gateway_url, services.key, services.env, "fr")
+    chat.say(MY_DOCUMENTS["fr"])
+    assert "utter_need_login" in said(services, chat, 3)
+    chat.protect(patient["matricule"])
+    chat.protect(patient["password"])
+    chat.protect(chat.outbox_code(patient["email"]))
+    chat.say("oui")  # the terms of use
+    assert said(services, chat, 3) == ["utter_logged_in", "utter_resume_task", "utter_no_documents"]
+    chat.say("bonjour")  # the conversation goes on normally
+    assert said(services, chat, 1) == ["utter_greet"]
 
 
 BLOCK = {

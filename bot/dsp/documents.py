@@ -33,7 +33,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import func, select
@@ -78,6 +78,8 @@ UPLOAD_TTL = timedelta(hours=1)
 
 #: Longest title kept from a file name, in characters.
 MAX_TITLE_LENGTH = 80
+#: Largest image accepted, in pixels (a 50-megapixel photo); decoding it to check it stays bounded.
+MAX_CHECK_PIXELS = 50_000_000
 
 _MB = 1024 * 1024
 _LOCAL_ZONE = "Europe/Luxembourg"
@@ -351,8 +353,10 @@ def _check_image(data: bytes, fmt: str) -> None:
             if image.format not in _PILLOW_FORMATS[fmt]:
                 raise _damaged()
             width, height = image.size
-            if width < 1 or height < 1 or width * height > (Image.MAX_IMAGE_PIXELS or 2**31):
+            if width < 1 or height < 1 or width * height > MAX_CHECK_PIXELS:
                 raise _damaged()
+            if image.format == "JPEG":
+                image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))  # decodes all data, 1/64 memory
             image.load()
     except UploadRejected:
         raise
@@ -364,8 +368,6 @@ def _check_image(data: bytes, fmt: str) -> None:
 
 def _check_dicom(data: bytes) -> None:
     import pydicom
-    from pydicom.dataelem import RawDataElement
-    from pydicom.uid import UID
 
     buffer = io.BytesIO(data)
     try:
@@ -373,7 +375,19 @@ def _check_dicom(data: bytes) -> None:
     except Exception as error:  # InvalidDicomError, struct.error, ...
         log.info("dicom check failed: %s", type(error).__name__)
         raise _damaged() from None
-    header_end = buffer.tell()
+    try:
+        _check_dicom_dataset(data, dataset, buffer.tell())
+    except UploadRejected:
+        raise
+    except Exception as error:  # noqa: BLE001 - any parser failure on a damaged header is a refusal
+        log.info("dicom check failed: %s", type(error).__name__)
+        raise _damaged() from None
+
+
+def _check_dicom_dataset(data: bytes, dataset: Any, header_end: int) -> None:
+    from pydicom.dataelem import RawDataElement
+    from pydicom.uid import UID
+
     meta = dataset.file_meta
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if not syntax or not meta.get("MediaStorageSOPClassUID") or "SOPClassUID" not in dataset:
@@ -509,7 +523,8 @@ def stage_upload(uow: UnitOfWork, conversation_id: str, data: bytes, filename: s
         filename: The name given by the client (only its sanitized stem is kept, as title).
 
     Returns:
-        The staged file (reference, detected format, size).
+        The staged file (reference, detected format, size). A file of the same conversation still
+        waiting for its type is replaced (deleted).
 
     Raises:
         AuthError: ``not_logged_in``, ``terms_pending`` (checked first: nothing is read or stored).
@@ -547,6 +562,10 @@ def stage_upload(uow: UnitOfWork, conversation_id: str, data: bytes, filename: s
         else:
             audit_record(uow, context, action, error.code, size_bytes=size)
         _fail(uow, error)
+    # One file waits for its type per conversation: a new one replaces (and deletes) the earlier one.
+    for earlier in uow.session.scalars(select(StagedUpload).where(StagedUpload.conversation_id == conversation_id)):
+        audit_record(uow, context, "document.discard", "replaced", f"upload:{earlier.id}")
+        _drop_staged(uow, earlier)
     storage_name = store_file(data)
     try:
         row = StagedUpload(
@@ -665,10 +684,9 @@ def discard_upload(uow: UnitOfWork, conversation_id: str, upload_ref: str) -> No
     context = _context(uow, conversation_id, action)
     row = _staged(uow, context, upload_ref)
     if row is None:
-        audit_record(uow, context, action, "upload_expired")
-    else:
-        audit_record(uow, context, action, "ok", f"upload:{row.id}")
-        _drop_staged(uow, row)
+        return  # already filed, replaced or expired: nothing was read or written
+    audit_record(uow, context, action, "ok", f"upload:{row.id}")
+    _drop_staged(uow, row)
     uow.commit()
 
 

@@ -44,12 +44,15 @@ class ConversationState:
         language: "fr", "de", "en" or None before the first turn.
         pending_kind: kind of the protected input asked last, or None.
         offered: payloads offered in this conversation, oldest first.
+        last_choices: payloads of the latest reply that offered choices, in their order (a typed
+            "2" chooses the second one).
     """
 
     conversation_id: str
     language: str | None = None
     pending_kind: str | None = None
     offered: list[str] = field(default_factory=list)
+    last_choices: list[str] = field(default_factory=list)
 
     def offer(self, payloads: list[str]) -> None:
         """Remember newly offered payloads (bounded to MAX_OFFERED, newest kept)."""
@@ -73,7 +76,10 @@ def load(conversation_id: str) -> ConversationState:
         ).first()
         if row is None:
             return ConversationState(conversation_id)
-        return ConversationState(conversation_id, row.language, row.pending_kind, json.loads(row.offered_json))
+        stored = json.loads(row.offered_json)
+        if isinstance(stored, list):  # written before `last_choices` existed
+            stored = {"offered": stored, "last": []}
+        return ConversationState(conversation_id, row.language, row.pending_kind, stored["offered"], stored["last"])
 
 
 def save(state: ConversationState) -> None:
@@ -85,5 +91,5 @@ def save(state: ConversationState) -> None:
             session.add(row)
         row.language = state.language
         row.pending_kind = state.pending_kind
-        row.offered_json = json.dumps(state.offered)
+        row.offered_json = json.dumps({"offered": state.offered, "last": state.last_choices})
         row.updated_at = datetime.now(UTC)
