@@ -13,10 +13,13 @@ UV := $(VENV)/bin/uv
 RASA := $(RASA_VENV)/bin/rasa
 MODEL := models/mydsp.tar.gz
 TRAINING_FILES := config.yml $(wildcard domain/*.yml domain/responses/*.yml) $(shell find data -name '*.yml' 2>/dev/null)
+# Headless browser of the web-viewer test (Debian's chromium; apt-get installs it when missing).
+CHROMIUM ?= /usr/bin/chromium
+export CHROMIUM
 export RASA_TELEMETRY_ENABLED := false
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: help setup run serve test model db lint validate clean-state
+.PHONY: help setup run serve test model db lint validate clean-state browser
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,7 +65,12 @@ validate: $(RASA_VENV)/.installed  ## rasa data validate, failing on any warning
 lint: $(VENV)/.installed  ## ruff
 	$(VENV)/bin/ruff check .
 
-test: setup validate  ## Set up what is missing, then run every test
+browser:  ## Install Debian's chromium for the browser tests if it is missing
+	@[ -x "$(CHROMIUM)" ] || { echo "Installing chromium (apt-get) for the web-viewer test..."; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: setup validate browser  ## Set up what is missing, then run every test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python scripts/gen_form_rules.py --check || { echo "data/rules/forms.yml is stale: run python scripts/gen_form_rules.py"; exit 1; }
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider

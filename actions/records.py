@@ -38,7 +38,7 @@ from actions.common import (
     call_service,
     utter_error,
 )
-from bot.dsp import DspError, access, assistants, documents, get_settings
+from bot.dsp import DspError, access, assistants, documents, get_settings, imaging
 
 Result = dict[str, Any]
 
@@ -51,14 +51,23 @@ TASK_ENTRIES = {
     "assistant_access": "assistant_form",
     "list_documents": "action_list_documents",
     "list_access": "action_list_access",
+    "view_imaging": "action_list_studies",
 }
-#: At most this many documents are offered in one listing (newest first).
+#: At most this many documents (studies) are offered in one listing (newest first).
 MAX_LISTED_DOCUMENTS = 10
+MAX_LISTED_STUDIES = 10
+#: At most this many key images are sent as pictures per study (the viewer shows them all).
+MAX_KEY_IMAGES = 4
 
 
 def latest_intent(tracker: Tracker) -> str | None:
     """Return the name of the latest user intent."""
     return (tracker.latest_message.get("intent") or {}).get("name")
+
+
+def from_button(tracker: Tracker) -> bool:
+    """True when the latest message is a button's payload (ids are taken from buttons only, never from text)."""
+    return str(tracker.latest_message.get("text") or "").startswith("/")
 
 
 def choice(entity: str, value: int | str) -> str:
@@ -96,6 +105,10 @@ class ActionStartRecordTask(Action):
         if events is not None:
             return events
         events = [SlotSet(PENDING_TASK, None)]
+        if entry in ANSWERING_ACTIONS:
+            # Answer now; when this runs as a follow-up (after a login), nothing predicts what comes next.
+            answer = await ANSWERING_ACTIONS[entry]().run(dispatcher, tracker, domain)
+            return [*events, *answer, FollowupAction("action_listen")]
         if task == "upload_document":
             events.append(SlotSet(UPLOAD_LIMIT_MB, str(get_settings().upload_max_mb)))
         elif task == "unblock_access":
@@ -151,8 +164,14 @@ class ActionChoose(Action):
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
         """Send the chosen document, or start the switch to the chosen person."""
+        if not from_button(tracker):  # text the NLU took for a choice: ids are never read from text
+            return [FollowupAction("action_handle_fallback")]
         document_id = next(tracker.get_latest_entity_values("document_id"), None)
         holder_id = next(tracker.get_latest_entity_values("holder_id"), None)
+        study_id = next(tracker.get_latest_entity_values("study_id"), None)
+        if study_id and study_id.isdigit():
+            await open_study(dispatcher, tracker, int(study_id))
+            return []
         if document_id and document_id.isdigit():
             ok, found = await call_or_say(dispatcher, documents.describe_documents, tracker.sender_id,
                                           [int(document_id)])
@@ -191,6 +210,45 @@ class ActionListDocuments(Action):
             ids = ",".join(str(doc.id) for doc in found[:MAX_LISTED_DOCUMENTS])
             dispatcher.utter_message(response="utter_documents_list", document_ids=ids)
         return [SlotSet(PENDING_TASK, None)]
+
+
+class ActionListStudies(Action):
+    """"Imagerie médicale": the imaging studies of the record, newest first, each one a button."""
+
+    def name(self) -> str:
+        """Return the action name."""
+        return "action_list_studies"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
+        """List the studies (the gateway fills in modality, date and description in words)."""
+        events = await login_first(dispatcher, tracker, "view_imaging")
+        if events is not None:
+            return events
+        ok, found = await call_or_say(dispatcher, imaging.list_studies, tracker.sender_id)
+        if ok and not found:
+            dispatcher.utter_message(response="utter_no_studies")
+        elif ok:
+            ids = ",".join(str(study.id) for study in found[:MAX_LISTED_STUDIES])
+            dispatcher.utter_message(response="utter_studies_list", study_ids=ids)
+        return [SlotSet(PENDING_TASK, None)]
+
+
+async def open_study(dispatcher: CollectingDispatcher, tracker: Tracker, study_id: int) -> None:
+    """Send a study: its summary, its report, its key images as pictures and the web viewer link."""
+    ok, detail = await call_or_say(dispatcher, imaging.open_study, tracker.sender_id, study_id)
+    if not ok:
+        return
+    dispatcher.utter_message(response="utter_study_header", study_id=str(study_id))
+    if detail.report_document_id is not None:
+        dispatcher.utter_message(response="utter_study_report", document_id=str(detail.report_document_id))
+    else:
+        dispatcher.utter_message(response="utter_no_report")
+    for image in detail.key_images[:MAX_KEY_IMAGES]:
+        if image.renderable:
+            dispatcher.utter_message(response="utter_key_image", instance_id=str(image.id))
+        else:
+            dispatcher.utter_message(response="utter_key_image_not_renderable")
+    dispatcher.utter_message(response="utter_viewer_link", study_id=str(study_id))
 
 
 class ActionListAccess(Action):
@@ -335,7 +393,7 @@ class AccessFormValidation(TaskFormValidation, ABC):
         self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> Result:
         """Look the chosen professional up; a choice that changes nothing ends the task."""
-        if not str(value).isdigit():
+        if not str(value).isdigit() or not from_button(tracker):
             utter_error(dispatcher, DspError("professional_unknown"))
             return {PROFESSIONAL_ID: None}
         slots, info = await self.check(dispatcher, PROFESSIONAL_ID, value, access.describe_professional,
@@ -500,7 +558,7 @@ class ValidateAssistantForm(TaskFormValidation):
         self, value: str, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> Result:
         """Accept only a person who designated the user as assistant."""
-        if not str(value).isdigit():
+        if not str(value).isdigit() or not from_button(tracker):
             utter_error(dispatcher, DspError("not_designated"))
             return {HOLDER_ID: None}
         slots, _ = await self.check(dispatcher, HOLDER_ID, value, assistants.person_name, tracker.sender_id,
@@ -545,3 +603,11 @@ class ActionAssistantDone(RecordTaskDone):
         if ok:
             dispatcher.utter_message(response="utter_switched", holder_id=holder_id)
         return []
+
+
+#: Task entries answered at once (no form): run inline by action_start_record_task.
+ANSWERING_ACTIONS: dict[str, type[Action]] = {
+    "action_list_documents": ActionListDocuments,
+    "action_list_access": ActionListAccess,
+    "action_list_studies": ActionListStudies,
+}

@@ -29,7 +29,7 @@ TASKS = {
     "list_documents": ("action", "action_list_documents"),
     "list_access": ("action", "action_list_access"),
     "switch_back": ("action", "action_switch_back"),
-    "view_imaging": ("action", "utter_explain_view_imaging"),
+    "view_imaging": ("action", "action_start_record_task"),
 }
 # The record form each record-task intent starts (no switch rule for a form's own intent).
 FORM_OF_INTENT = {

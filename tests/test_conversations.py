@@ -145,11 +145,10 @@ def test_switch_task_mid_form(services):
     assert services.rasa.tracker(chat.id)["active_loop"]["name"] == "reset_form"
 
 
-def test_imaging_is_explained_and_record_tasks_ask_for_a_login_first(services):
+def test_record_tasks_ask_for_a_login_first(services):
     chat = Chat(services.gateway_url, services.key, services.env, "fr")
-    chat.say("je veux voir mes radios et le rapport de l'IRM")
-    assert services.rasa.responses(chat.id)[-1] == "utter_explain_view_imaging"
-    for text in ("comment ajouter un document dans mon DSP", "je veux bloquer l'accès de mon ancien médecin"):
+    for text in ("comment ajouter un document dans mon DSP", "je veux bloquer l'accès de mon ancien médecin",
+                 "je veux voir mes radios et le rapport de l'IRM"):
         chat.say(text)
         said = services.rasa.responses(chat.id)
         assert "utter_need_login" in said[-3:], said[-3:]

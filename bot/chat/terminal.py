@@ -140,8 +140,6 @@ def show(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | No
             for paragraph in str(message["text"]).split("\n"):
                 print(textwrap.fill(paragraph, width=90, initial_indent="  ", subsequent_indent="  ")
                       if paragraph else "")
-        if message.get("image"):
-            print(f"  [image] {message['image']}")
         if message.get("buttons"):
             buttons = message["buttons"]
         if message.get("protected_input"):
@@ -212,9 +210,12 @@ def chat(gateway_url: str, language: str | None = None, conversation: str | None
             buttons, pending = show(data.get("messages", []))
             expecting = expects_file(data.get("messages", []))
             for message in data.get("messages", []):
-                if message.get("file"):
+                offered = message.get("file") or (
+                    {"url": message["image"], "name": "image.png"} if str(message.get("image") or "").startswith("/")
+                    else None)
+                if offered:
                     try:
-                        print(f"  [{words['file_saved']} {save_download(client, gateway_url, message['file'])}]")
+                        print(f"  [{words['file_saved']} {save_download(client, gateway_url, offered)}]")
                     except httpx.HTTPError as exc:
                         print(f"  {words['error']} ({type(exc).__name__}).")
             if data.get("language") in PROMPTS:

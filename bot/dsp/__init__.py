@@ -4,7 +4,7 @@ Every service takes a :class:`~bot.dsp.uow.UnitOfWork` first; errors are
 :class:`~bot.dsp.errors.DspError` with a stable ``code`` and safe ``params``.
 """
 
-from bot.dsp import audit, vault
+from bot.dsp import audit, imaging, vault
 from bot.dsp.access import (
     MAX_MATCHES,
     MIN_QUERY_LETTERS,
@@ -81,6 +81,7 @@ from bot.dsp.errors import (
     CodeRejected,
     ContactInvalid,
     DspError,
+    ImagingError,
     MatriculeInvalid,
     PasswordRejected,
     PinError,
@@ -88,6 +89,20 @@ from bot.dsp.errors import (
     SearchRefused,
     UploadRejected,
     VaultMiss,
+)
+from bot.dsp.imaging import (
+    ImportResult,
+    InstanceInfo,
+    RenderedImage,
+    SeriesInfo,
+    StudyDetail,
+    StudyInfo,
+    describe_studies,
+    import_dicom,
+    list_studies,
+    open_study,
+    render_dicom,
+    render_instance,
 )
 from bot.dsp.matricule import generate_matricule, normalize_matricule
 from bot.dsp.notify import Notifier, OutboxNotifier, SmtpNotifier, get_notifier, mask_address, outbox_since
@@ -199,4 +214,19 @@ __all__ = [
     "read_document",
     "refusal_params",
     "stage_upload",
+    # imaging
+    "ImagingError",
+    "ImportResult",
+    "InstanceInfo",
+    "RenderedImage",
+    "SeriesInfo",
+    "StudyDetail",
+    "StudyInfo",
+    "describe_studies",
+    "imaging",
+    "import_dicom",
+    "list_studies",
+    "open_study",
+    "render_dicom",
+    "render_instance",
 ]

@@ -1,4 +1,4 @@
-"""Command line ``dsp``: database set-up, demo data, letters, outbox, audit, assistants (JSON on stdout)."""
+"""Command line ``dsp``: database, demo data, letters, outbox, audit, assistants, DICOM import (JSON on stdout)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -16,6 +17,7 @@ from bot.dsp.assistants import designate_assistant, revoke_assistant
 from bot.dsp.db import init_db
 from bot.dsp.demo import DEMO_ASSISTANTS, DEMO_PASSWORD, DEMO_PATIENTS, seed_demo
 from bot.dsp.errors import DspError
+from bot.dsp.imaging import import_dicom
 from bot.dsp.orm import AuditEvent, OutboxMessage
 from bot.dsp.uow import UnitOfWork
 
@@ -88,6 +90,31 @@ def _cmd_designate_assistant(args: argparse.Namespace) -> int:
         print(f"dsp designate-assistant: refused: {error}", file=sys.stderr)
         return 2
     print(json.dumps({"status": status}))
+    return 0
+
+
+def _cmd_import_dicom(args: argparse.Namespace) -> int:
+    """Import DICOM files or folders into a patient's record; audited with actor ``cli``.
+
+    Prints ``{"studies": n, "instances": n, "refused": [[file name, code], ...]}`` (no header value);
+    a refused input (matricule, unknown patient or author, missing path) exits with status 2.
+    """
+    try:
+        with UnitOfWork() as uow:
+            result = import_dicom(
+                uow, [Path(path) for path in args.paths], args.matricule, actor="cli",
+                report=Path(args.report) if args.report else None, report_author_id=args.report_author,
+            )  # fmt: skip
+    except DspError as error:
+        print(f"dsp import-dicom: refused: {error.code}", file=sys.stderr)
+        return 2
+    except (LookupError, ValueError, OSError) as error:
+        print(f"dsp import-dicom: refused: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(
+        {"studies": result.studies, "instances": result.instances, "refused": [list(item) for item in result.refused]},
+        ensure_ascii=False,
+    ))  # fmt: skip
     return 0
 
 
@@ -175,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     assistant.add_argument("--assistant", required=True, help="matricule of the assistant")
     assistant.add_argument("--revoke", action="store_true", help="revoke the designation instead")
     assistant.set_defaults(func=_cmd_designate_assistant)
+    dicom = sub.add_parser("import-dicom", help="import DICOM files or folders into a patient's record")
+    dicom.add_argument("paths", nargs="+", metavar="PATH", help="a DICOM file or a folder of DICOM files")
+    dicom.add_argument("--matricule", required=True, help="matricule of the holder (titulaire)")
+    dicom.add_argument("--report", help="the study's report (PDF or UTF-8 text), filed in the record's documents")
+    dicom.add_argument("--report-author", type=int, help="internal id of the professional who wrote the report "
+                       "(default: the reading physician named in the files, if the directory has them)")
+    dicom.set_defaults(func=_cmd_import_dicom)
     return parser
 
 

@@ -12,6 +12,11 @@ Records (seeded once per database, later changes are kept, see :data:`DEMO_ACCES
 Weber and blocked Dr Gilles Klein; Nora Kayser is the designated assistant of Marie Hoffmann.
 Documents written by professionals (:data:`DEMO_DOCUMENTS`, a text and a PDF each; files under
 ``<DSP_STATE_DIR>/documents/``) fill "Mes documents" of the activated demo patients.
+Imaging studies (:data:`DEMO_STUDIES`) are real DICOM files that ship with pydicom
+(``pydicom.data``, files under ``<DSP_STATE_DIR>/imaging/``), each with a date and a report by a
+radiologist of the directory (a text document, also in "Mes documents"): Marie Hoffmann has a CT
+and an MR; Nora Kayser an ultrasound with a palette, a colour (RGB) Doppler ultrasound and a
+multi-frame echocardiography loop; Paulo Gonçalves an abdominal MR.
 
 The directory has accented names (Müller, Lefèvre, Weiß, Gonçalves...), two Müller (general
 practice, cardiology) and many "médecin", so that a search for "medecin" has too many matches.
@@ -20,8 +25,10 @@ practice, cardiology) and many "médecin", so that a search for "medecin" has to
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import date, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -35,6 +42,9 @@ from bot.dsp.orm import (
     AssistantDesignation,
     AuditEvent,
     Document,
+    ImagingInstance,
+    ImagingSeries,
+    ImagingStudy,
     Patient,
     Professional,
     fold,
@@ -44,6 +54,8 @@ from bot.dsp.settings import get_settings
 
 if TYPE_CHECKING:
     from bot.dsp.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
 
 #: Password of the activated demo accounts (documented, demo only).
 DEMO_PASSWORD = "Demo-Mot-de-Passe-2026"
@@ -206,6 +218,7 @@ def seed_demo(uow: UnitOfWork) -> None:
     _seed_access(uow)
     _seed_assistants(uow)
     _seed_documents(uow)
+    _seed_imaging(uow)
     uow.commit()
 
 
@@ -412,3 +425,143 @@ def _seed_documents(uow: UnitOfWork) -> None:
             patient_id=patient_id,
             object_ref=f"document:{document.id}",
         )
+
+
+@dataclass(frozen=True)
+class DemoStudy:
+    """An imaging study on a demo record: one DICOM file of pydicom's test data, a date and a report.
+
+    Attributes:
+        sample: Name of a file that ships with pydicom (``pydicom.data``; never downloaded).
+        age_days: How many days before the seeding the study (and its report) took place.
+        report: Its report, a text document of the record written by a radiologist of the directory.
+    """
+
+    sample: str
+    age_days: int
+    report: DemoDocument
+
+    @property
+    def holder(self) -> DemoPatient:
+        """Whose record holds it."""
+        return self.report.holder
+
+
+def _report(holder: DemoPatient, author: tuple[str, str], title: str, lines: tuple[str, ...], age: int) -> DemoDocument:
+    return DemoDocument(holder, author, "imaging_report", title, "text", lines, age)
+
+
+DEMO_STUDIES: tuple[DemoStudy, ...] = (
+    DemoStudy("CT_small.dcm", 400, _report(
+        DEMO_PATIENTS[2], ("Lefèvre", "Sophie"), "Compte rendu de scanner",
+        ("Compte rendu de scanner (document de démonstration, fictif)",
+         "Patiente : Marie Hoffmann, née le 23/06/1978",
+         "Examen : scanner (tomodensitométrie), coupe axiale sans injection.",
+         "Résultat : structures osseuses et parties molles sans anomalie sur la coupe examinée.",
+         "Conclusion : examen normal.",
+         "Dr Sophie Lefèvre, radiologie, Luxembourg"), 400)),
+    DemoStudy("MR_small.dcm", 150, _report(
+        DEMO_PATIENTS[2], ("Lentz", "Patrick"), "Compte rendu d'IRM",
+        ("Compte rendu d'IRM (document de démonstration, fictif)",
+         "Patiente : Marie Hoffmann, née le 23/06/1978",
+         "Examen : IRM, séquence pondérée T1, une coupe.",
+         "Résultat : signal normal, pas de lésion décelable.",
+         "Conclusion : IRM sans particularité.",
+         "Dr Patrick Lentz, radiologie, Esch-sur-Alzette"), 150)),
+    DemoStudy("examples_palette.dcm", 300, _report(
+        DEMO_PATIENTS[5], ("Lentz", "Patrick"), "Compte rendu d'échographie",
+        ("Compte rendu d'échographie (document de démonstration, fictif)",
+         "Patiente : Nora Kayser, née le 17/04/1981",
+         "Examen : échographie pelvienne par voie abdominale.",
+         "Résultat : utérus et ovaires de taille et d'aspect normaux.",
+         "Conclusion : échographie normale.",
+         "Dr Patrick Lentz, radiologie, Esch-sur-Alzette"), 300)),
+    DemoStudy("examples_rgb_color.dcm", 200, _report(
+        DEMO_PATIENTS[5], ("Lefèvre", "Sophie"), "Compte rendu d'échographie Doppler",
+        ("Compte rendu d'échographie Doppler (document de démonstration, fictif)",
+         "Patiente : Nora Kayser, née le 17/04/1981",
+         "Examen : échographie Doppler couleur d'un ganglion cervical.",
+         "Résultat : ganglion ovalaire de 12 mm, hile conservé, vascularisation hilaire normale.",
+         "Conclusion : aspect réactif, rassurant ; contrôle clinique par le médecin traitant.",
+         "Dr Sophie Lefèvre, radiologie, Luxembourg"), 200)),
+    DemoStudy("examples_ybr_color.dcm", 60, _report(
+        DEMO_PATIENTS[5], ("Lefèvre", "Sophie"), "Compte rendu d'échocardiographie",
+        ("Compte rendu d'échocardiographie (document de démonstration, fictif)",
+         "Patiente : Nora Kayser, née le 17/04/1981",
+         "Examen : échocardiographie transthoracique, boucle parasternale grand axe (30 images).",
+         "Résultat : ventricule gauche de taille et de fonction normales, valves fines.",
+         "Conclusion : échocardiographie normale.",
+         "Dr Sophie Lefèvre, radiologie, Luxembourg"), 60)),
+    DemoStudy("examples_overlay.dcm", 90, _report(
+        DEMO_PATIENTS[3], ("Lentz", "Patrick"), "Compte rendu d'IRM abdominale",
+        ("Compte rendu d'IRM abdominale (document de démonstration, fictif)",
+         "Patient : Paulo Gonçalves, né le 30/01/1990",
+         "Examen : IRM abdominale, coupe axiale pondérée T1 après injection.",
+         "Résultat : lésion hépatique de 2 cm, bien limitée, d'allure bénigne (kyste probable).",
+         "Conclusion : contrôle par IRM dans 6 mois conseillé.",
+         "Dr Patrick Lentz, radiologie, Esch-sur-Alzette"), 90)),
+)  # fmt: skip
+
+# The reports are documents of their records too ("Mes documents"), seeded with the others.
+DEMO_DOCUMENTS += tuple(study.report for study in DEMO_STUDIES)
+
+
+def _sample_path(name: str) -> Path | None:
+    """A DICOM file that ships with pydicom, or None (never downloaded: no network is needed)."""
+    from pydicom.data import get_testdata_file
+
+    try:
+        found = get_testdata_file(name, download=False)
+    except Exception:  # an older pydicom without the argument, or no such file
+        return None
+    return Path(str(found)) if found and Path(str(found)).is_file() else None
+
+
+def _seed_imaging(uow: UnitOfWork) -> None:
+    """Seed :data:`DEMO_STUDIES` that a record lacks (same Study Instance UID); rewrite a missing file.
+
+    Runs after :func:`_seed_documents`, which files the reports; each study is linked to its report.
+    """
+    from bot.dsp import imaging  # late: imaging imports the record services
+    from bot.dsp.errors import ImagingError
+
+    session = uow.session
+    today = clock.now().date()
+    for demo in DEMO_STUDIES:
+        patient_id = _demo_patient_id(uow, demo.holder)
+        path = _sample_path(demo.sample)
+        if patient_id is None or path is None:
+            continue
+        try:
+            header = imaging.read_header(path)
+        except ImagingError as error:
+            log.warning("demo study %s unreadable: %s", demo.sample, error.code)
+            continue
+        report_id = session.scalars(
+            select(Document.id).where(
+                Document.patient_id == patient_id,
+                Document.sha256 == hashlib.sha256(demo.report.content()).hexdigest(),
+            )
+        ).first()
+        study = session.scalars(
+            select(ImagingStudy).where(
+                ImagingStudy.patient_id == patient_id, ImagingStudy.study_instance_uid == header.study_instance_uid
+            )
+        ).first()
+        if study is None:
+            imaging._ingest(
+                uow, patient_id, [(demo.sample, path)], actor="system",
+                study_date=today - timedelta(days=demo.age_days), report_document_id=report_id,
+            )  # fmt: skip
+            continue
+        if study.report_document_id is None and report_id is not None:
+            study.report_document_id = report_id
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        rows = session.scalars(
+            select(ImagingInstance)
+            .join(ImagingSeries, ImagingSeries.id == ImagingInstance.series_id)
+            .where(ImagingSeries.study_id == study.id, ImagingInstance.sha256 == digest)
+        )
+        for row in rows:
+            if not (get_settings().imaging_dir / row.storage_name).exists():
+                imaging._store(path, row.storage_name)

@@ -73,12 +73,20 @@ class AccessDenied(DspError):
     """A read or write of a record is refused.
 
     Codes: ``assistant_revoked``, ``not_designated``, ``document_not_found``,
-    ``professional_unknown``, ``professional_blocked``.
+    ``professional_unknown``, ``professional_blocked``, ``study_not_found``, ``image_not_found``.
     """
 
 
 class UploadRejected(DspError):
     """An uploaded file is refused; nothing is stored (``file_*``, ``document_*``)."""
+
+
+class ImagingError(DspError):
+    """A DICOM file is refused or an image cannot be shown.
+
+    Codes: ``dicom_invalid``, ``dicom_truncated``, ``dicom_no_pixels``, ``dicom_duplicate``,
+    ``dicom_patient_mismatch``, ``image_not_renderable`` (and ``file_empty``, ``file_too_large``).
+    """
 
 
 class SearchRefused(DspError):
@@ -101,4 +109,7 @@ ERROR_CODES = frozenset({
     "quota_exceeded", "upload_expired", "document_type_unknown",
     "search_too_short", "search_no_match", "search_too_many",
     "professional_unknown", "professional_blocked",
+    # imaging
+    "study_not_found", "image_not_found", "image_not_renderable",
+    "dicom_invalid", "dicom_truncated", "dicom_no_pixels", "dicom_duplicate", "dicom_patient_mismatch",
 })

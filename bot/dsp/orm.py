@@ -337,3 +337,69 @@ class StagedUpload(Base):
     title: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)
     expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+class ImagingStudy(Base):
+    """An imaging study of a record ("Imagerie médicale", quick guide p.31-33), indexed from DICOM files.
+
+    Header values kept for display (description, body part) are personal data: they are shown to the
+    record's holder through the gateway's views and never logged. The patient is the record's holder;
+    the DICOM file's own patient name and ID are not stored.
+    """
+
+    __tablename__ = "imaging_studies"
+    __table_args__ = (UniqueConstraint("patient_id", "study_instance_uid", name="uq_imaging_studies_patient_uid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: The holder (titulaire) whose record holds the study.
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    study_date: Mapped[date | None] = mapped_column(Date, index=True)
+    #: Modalities of its series, comma-separated (``"CT"``, ``"CT,SR"``).
+    modalities: Mapped[str] = mapped_column(String(128), default="")
+    description: Mapped[str] = mapped_column(String(255), default="")
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    #: The study's report: a document of the same record (``doc_type`` ``imaging_report``).
+    report_document_id: Mapped[int | None] = mapped_column(ForeignKey("documents.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now, index=True)
+
+
+class ImagingSeries(Base):
+    """A series of an imaging study."""
+
+    __tablename__ = "imaging_series"
+    __table_args__ = (UniqueConstraint("study_id", "series_instance_uid", name="uq_imaging_series_study_uid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("imaging_studies.id"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    modality: Mapped[str] = mapped_column(String(16), default="OT")
+    description: Mapped[str] = mapped_column(String(255), default="")
+    body_part: Mapped[str | None] = mapped_column(String(64))
+
+
+class ImagingInstance(Base):
+    """One DICOM object (SOP instance) of a series, stored as a file.
+
+    The file lives in ``<DSP_STATE_DIR>/imaging/<storage_name>`` (uuid4 hex, mode 0600). ``frames`` is 0
+    for objects without pixel data (structured reports, key object selections), which are indexed but
+    never rendered.
+    """
+
+    __tablename__ = "imaging_instances"
+    __table_args__ = (UniqueConstraint("series_id", "sop_instance_uid", name="uq_imaging_instances_series_uid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("imaging_series.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64), default="")
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    frames: Mapped[int] = mapped_column(Integer, default=1)
+    is_key: Mapped[bool] = mapped_column(Boolean, default=False)
+    renderable: Mapped[bool] = mapped_column(Boolean, default=False)
+    storage_name: Mapped[str] = mapped_column(String(32), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    transfer_syntax: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)

@@ -39,6 +39,8 @@ class Settings:
         smtp_starttls: Whether to use STARTTLS.
         upload_max_mb: Largest accepted upload, in MiB (Telegram bots download at most 20 MB).
         document_quota_mb: Space for the documents of one record, in MiB.
+        dicom_max_mb: Largest DICOM file the imaging store reads, in MiB (larger files are refused
+            unread).
     """
 
     state_dir: Path
@@ -57,11 +59,17 @@ class Settings:
     smtp_starttls: bool = True
     upload_max_mb: int = 20
     document_quota_mb: int = 200
+    dicom_max_mb: int = 200
 
     @property
     def documents_dir(self) -> Path:
         """Directory of the stored documents and staged uploads: ``<state_dir>/documents``."""
         return self.state_dir / "documents"
+
+    @property
+    def imaging_dir(self) -> Path:
+        """Directory of the stored DICOM files of the imaging store: ``<state_dir>/imaging``."""
+        return self.state_dir / "imaging"
 
     def __repr__(self) -> str:
         """Return a representation without the secret values."""
@@ -124,4 +132,5 @@ def get_settings() -> Settings:
         smtp_starttls=os.environ.get("SMTP_STARTTLS", "1").strip().lower() not in {"0", "false", "no", "off"},
         upload_max_mb=_int("DSP_UPLOAD_MAX_MB", 20),
         document_quota_mb=_int("DSP_DOCUMENT_QUOTA_MB", 200),
+        dicom_max_mb=_int("DSP_DICOM_MAX_MB", 200),
     )

@@ -5,6 +5,8 @@ Endpoints (bearer key required except for /health and the OpenAPI spec):
     POST /v1/conversations/{conversation_id}/protected  {"value"}
     POST /v1/conversations/{conversation_id}/files      multipart: file (+ language)
     GET  /v1/conversations/{conversation_id}/downloads/{token}   a document offered in a reply
+    GET  /v1/conversations/{conversation_id}/images/{token}      a key image offered in a reply (PNG)
+    GET  /viewer/{token}                                a study's web viewer (link given in the chat)
     GET  /health                                        200 when Rasa's model and the actions are up
 Replies: {"messages": [{"text", "buttons": [{"title", "payload"}], "image", "protected_input", "file"}]}.
 """
@@ -29,11 +31,11 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from bot.dsp import DspError, documents, vault
+from bot.dsp import DspError, documents, imaging, vault
 from bot.dsp import get_settings as dsp_settings
 from bot.dsp.uow import UnitOfWork
 from bot.gateway import language as lang
-from bot.gateway import messages, redact, store, views, web
+from bot.gateway import messages, redact, store, viewer, views, web
 from bot.gateway.settings import get_settings
 
 logger = logging.getLogger("bot.gateway")
@@ -50,6 +52,8 @@ CODE_KINDS = ("matricule", "activation_code", "otp", "pin", "pin_confirm", "phon
 MAX_BODY_BYTES = 64_000
 FILES_PATH = re.compile(r"^/v1/conversations/[^/]+/files$")
 FILE_INTENT = "provide_file"
+#: Largest side of a key image sent in the chat, in pixels (Telegram photos are shown at most 1280).
+CHAT_IMAGE_MAX_SIZE = 1024
 #: One-word replies that stay conversation (not a secret) while a protected input is pending.
 COMMAND_WORDS = frozenset({
     "annuler", "stop", "arreter", "abandonner", "aide", "retour", "helpdesk", "non",
@@ -221,6 +225,7 @@ class Gateway:
         if offered:  # new choices replace the old; a reply without choices leaves the open ones valid
             state.offered = []
             state.offer(offered)
+            state.last_choices = offered
         if state.pending_kind and out and out[-1].protected_input is None:
             out[-1].protected_input = ProtectedInput(kind=state.pending_kind)
         return Reply(messages=out)
@@ -259,6 +264,8 @@ class Gateway:
         await self.render_views(state, reply, had_choices)
         await asyncio.to_thread(store.save, state)
         reply.messages[:0] = [OutMessage(text=messages.text(note, state.language)) for note in notes]
+        if not reply.messages:  # never leave the user without an answer
+            reply.messages.append(OutMessage(text=messages.text("no_answer", state.language)))
         reply.language = state.language
         return reply
 
@@ -278,12 +285,17 @@ class Gateway:
                 offered.append(payload)
             if rendered.file:
                 message.file = FileOut(**rendered.file)
-            message.custom = {key: value for key, value in custom.items() if key not in ("view", "ids", "holder_id",
-                                                                                         "document_id")} or None
+            if rendered.image:
+                message.image = rendered.image
+            message.custom = {key: value for key, value in custom.items()
+                              if key not in ("view", "ids", "holder_id", "document_id", "study_id",
+                                             "instance_id")} or None
         if offered:
             if not had_choices:
                 state.offered = []
+                state.last_choices = []
             state.offer(offered)
+            state.last_choices = state.last_choices + offered
 
 
 def looks_like_an_answer(text: str, kind: str = "") -> bool:
@@ -334,6 +346,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 app = FastAPI(title="MyDSP Assistant gateway", version="1.0.0", lifespan=lifespan,
               description="The one front door of every channel of MyDSP Assistant.")
 app.include_router(web.router)
+app.include_router(viewer.router)
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -399,6 +412,12 @@ async def post_message(conversation_id: ConversationId, body: MessageIn, request
             if (body.language or "").lower() in SUPPORTED_LANGUAGES:
                 state.language = (body.language or "").lower()
             return await gateway.answer_protected(state, body.text or "")
+        number = (body.text or "").strip().rstrip(".)")
+        if number.isascii() and number.isdigit() and 1 <= int(number) <= len(state.last_choices):
+            # "2" answers the latest choices (voice and text-only clients have no buttons)
+            if body.language in SUPPORTED_LANGUAGES:
+                state.language = body.language
+            return await gateway.turn(state, state.last_choices[int(number) - 1], [])
         text, masked = redact.clean(body.text or "")
         await choose_language(state, body.language, text)
         if not text.replace(redact.PLACEHOLDER, "").strip():
@@ -517,9 +536,32 @@ async def get_download(conversation_id: ConversationId, token: Annotated[str, Pa
     except DspError:
         raise HTTPException(status.HTTP_404_NOT_FOUND, messages.text("document_gone", None)) from None
     return Response(content=data, media_type=info.mime_type, headers={
-        "Content-Disposition": f'attachment; filename="{views.file_name(info)}"',
+        "Content-Disposition": views.content_disposition(views.file_name(info)),
         "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
     })
+
+
+@app.get("/v1/conversations/{conversation_id}/images/{token}", dependencies=[Depends(require_key)],
+         responses={200: {"content": {"image/png": {}}}})
+async def get_image(conversation_id: ConversationId, token: Annotated[str, Path(max_length=600)]) -> Response:
+    """A key image offered in a reply's `image`, as PNG bounded for chat (10 minutes, this conversation; audited)."""
+    claims = views.unseal("image", token)
+    if claims is None or claims.get("c") != conversation_id or not isinstance(claims.get("i"), int):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, messages.text("download_expired", None))
+
+    def render() -> imaging.RenderedImage:
+        with UnitOfWork() as uow:
+            try:
+                return imaging.render_instance(uow, conversation_id, claims["i"], max_size=CHAT_IMAGE_MAX_SIZE)
+            finally:
+                uow.commit()  # the read's audit row, refusals included
+
+    try:
+        rendered = await asyncio.to_thread(render)
+    except DspError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, messages.imaging("not_renderable", None)) from None
+    return Response(content=rendered.png, media_type="image/png",
+                    headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
 
 @app.get("/health")

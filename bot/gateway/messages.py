@@ -45,6 +45,13 @@ MESSAGES: dict[str, dict[str, str]] = {
         "de": "Dieser Wert ist zu lang. Bitte prüfen und erneut senden.",
         "en": "That value is too long. Check it and send it again.",
     },
+    "no_answer": {
+        "fr": "Je n'ai pas de réponse à cela. Dites « aide » pour voir ce que je sais faire, ou « annuler » pour "
+              "repartir de zéro.",
+        "de": "Darauf habe ich keine Antwort. Sagen Sie „Hilfe“, um zu sehen, was ich kann, oder „abbrechen“, um "
+              "neu zu beginnen.",
+        "en": "I have no answer to that. Say \"help\" to see what I can do, or \"cancel\" to start again.",
+    },
     "document_gone": {
         "fr": "Je ne trouve pas ce document dans le dossier. Demandez « mes documents » pour voir la liste à jour.",
         "de": "Ich finde dieses Dokument nicht im Dossier. Fragen Sie nach „meine Dokumente“ für die aktuelle Liste.",
@@ -68,6 +75,42 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
 }
 
+#: Imaging modalities in words (DICOM Modality, PS3.3 C.7.3.1.1.1), per language.
+MODALITIES: dict[str, dict[str, str]] = {
+    "CT": {"fr": "Scanner (CT)", "de": "Computertomographie (CT)", "en": "CT scan"},
+    "MR": {"fr": "IRM", "de": "Magnetresonanztomographie (MRT)", "en": "MRI scan"},
+    "US": {"fr": "Échographie", "de": "Ultraschall", "en": "Ultrasound"},
+    "CR": {"fr": "Radiographie", "de": "Röntgenaufnahme", "en": "X-ray"},
+    "DX": {"fr": "Radiographie", "de": "Röntgenaufnahme", "en": "X-ray"},
+    "MG": {"fr": "Mammographie", "de": "Mammographie", "en": "Mammogram"},
+    "NM": {"fr": "Scintigraphie", "de": "Szintigraphie", "en": "Nuclear medicine scan"},
+    "PT": {"fr": "TEP (PET scan)", "de": "PET-Untersuchung", "en": "PET scan"},
+    "XA": {"fr": "Angiographie", "de": "Angiographie", "en": "Angiography"},
+    "RF": {"fr": "Radioscopie", "de": "Durchleuchtung", "en": "Fluoroscopy"},
+    "OT": {"fr": "Imagerie", "de": "Bildgebung", "en": "Imaging"},
+}
+#: Templates of the imaging views.
+IMAGING: dict[str, dict[str, str]] = {
+    "line": {"fr": "{what} du {date}", "de": "{what} vom {date}", "en": "{what} of {date}"},
+    "undated": {"fr": "{what} (date inconnue)", "de": "{what} (Datum unbekannt)", "en": "{what} (date unknown)"},
+    "images": {"fr": "{series} série(s), {images} image(s)", "de": "{series} Serie(n), {images} Bild(er)",
+               "en": "{series} series, {images} image(s)"},
+    "open_viewer": {"fr": "Ouvrir le viewer web", "de": "Web-Viewer öffnen", "en": "Open the web viewer"},
+    "series": {"fr": "Série", "de": "Serie", "en": "Series"},
+    "image": {"fr": "Image", "de": "Bild", "en": "Image"},
+    "previous": {"fr": "Précédente", "de": "Zurück", "en": "Previous"},
+    "next": {"fr": "Suivante", "de": "Weiter", "en": "Next"},
+    "not_renderable": {"fr": "Cette image ne peut pas être affichée ici (format de compression non pris en charge).",
+                       "de": "Dieses Bild kann hier nicht angezeigt werden (Kompressionsformat nicht unterstützt).",
+                       "en": "This image cannot be shown here (compression format not supported)."},
+    "viewer_gone": {"fr": "Ce lien du viewer a expiré ou la session est fermée. Redemandez vos images dans la "
+                          "conversation.",
+                    "de": "Dieser Viewer-Link ist abgelaufen oder die Sitzung ist beendet. Fordern Sie Ihre Bilder im "
+                          "Gespräch erneut an.",
+                    "en": "This viewer link has expired or the session has ended. Ask for your images again in the "
+                          "conversation."},
+}
+
 #: Labels of the document types a patient may add (the app's French label first).
 DOCUMENT_TYPES: dict[str, dict[str, str]] = {
     "holder_expression": {"fr": "Expression du titulaire", "de": "Expression du titulaire",
@@ -77,6 +120,7 @@ DOCUMENT_TYPES: dict[str, dict[str, str]] = {
     "end_of_life_wishes": {"fr": "Dispositions de fin de vie", "de": "Verfügungen zum Lebensende",
                            "en": "End-of-life wishes"},
     "vaccination": {"fr": "Vaccinations", "de": "Impfungen", "en": "Vaccinations"},
+    "imaging_report": {"fr": "Rapport d'imagerie", "de": "Bildgebungsbefund", "en": "Imaging report"},
 }
 
 
@@ -96,3 +140,15 @@ def document_type(code: str, language: str | None) -> str:
     if labels is None:
         return code
     return labels.get(language or "fr", labels["fr"])
+
+
+def modality(code: str, language: str | None) -> str:
+    """Return an imaging modality in words (``"CT"`` -> ``"Scanner (CT)"``); unknown codes read as imaging."""
+    labels = MODALITIES.get(code.upper(), MODALITIES["OT"])
+    return labels.get(language or "fr", labels["fr"])
+
+
+def imaging(key: str, language: str | None, **values: object) -> str:
+    """Return an imaging template filled with `values`."""
+    variants = IMAGING[key]
+    return variants.get(language or "fr", variants["fr"]).format(**values)

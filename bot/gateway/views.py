@@ -10,24 +10,42 @@ Views:
     document_file  {"document_id": "12"}  a short-lived download link in ``file``
     assisted       {"ids": "3,5"}         one button per person the user assists
     person         {"holder_id": "3"}     ``[[person]]`` in the text becomes the person's name
+    studies        {"ids": "4,2"}         lines "CT scan of 5 March 2026 — description" + one button per study
+    study          {"study_id": "4"}      ``[[study]]`` becomes the study in words
+    key_image      {"instance_id": "17"}  ``image``: a short-lived URL of the key image as PNG
+    viewer         {"study_id": "4"}      the web viewer's link (30 minutes, this conversation's session)
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import re
 import time
+import unicodedata
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
+from urllib.parse import quote
 
-from bot.dsp import DspError, UnitOfWork, assistants, documents
+from babel.dates import format_date
+
+from bot.dsp import DspError, UnitOfWork, assistants, documents, imaging
+from bot.dsp import get_settings as dsp_settings
 from bot.dsp.security import keyed_hash, same_hash
 from bot.gateway import messages
 
 logger = logging.getLogger("bot.gateway.views")
 
 PERSON_PLACEHOLDER = "[[person]]"
+STUDY_PLACEHOLDER = "[[study]]"
+#: Lifetime of a key-image link and of a web-viewer link, in seconds.
+IMAGE_TTL_SECONDS = 600
+VIEWER_TTL_SECONDS = 1800
+#: Babel locale per conversation language (British English writes "5 March 2026").
+LOCALES = {"fr": "fr_LU", "de": "de_LU", "en": "en_GB"}
 #: Lifetime of a download link, in seconds.
 DOWNLOAD_TTL_SECONDS = 600
 #: File-name extension per detected format.
@@ -52,6 +70,7 @@ class Rendered:
     text: str | None = None
     buttons: list[tuple[str, str]] | None = None
     file: dict[str, Any] | None = None
+    image: str | None = None
 
 
 def choice(entity: str, value: int | str) -> str:
@@ -77,7 +96,7 @@ def download_token(conversation_id: str, document_id: int, now: float | None = N
 def check_download_token(conversation_id: str, token: str, now: float | None = None) -> int | None:
     """Return the document id of a valid, unexpired token of this conversation, else None."""
     parts = token.split(".")
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+    if len(parts) != 3 or not all(re.fullmatch(r"[0-9]{1,12}", part) for part in parts[:2]):
         return None
     document_id, expiry = int(parts[0]), int(parts[1])
     if expiry < (now or time.time()):
@@ -86,10 +105,57 @@ def check_download_token(conversation_id: str, token: str, now: float | None = N
     return document_id if same_hash(expected, parts[2]) else None
 
 
+def seal(purpose: str, payload: dict[str, Any], ttl_seconds: int, now: float | None = None) -> str:
+    """Return a signed, expiring token carrying `payload` (ids only), valid for `purpose` alone.
+
+    The token is ``<base64url JSON>.<HMAC>``; the JSON gets the expiry as ``"e"`` (unix seconds).
+    """
+    body = dict(payload, e=int((now or time.time()) + ttl_seconds))
+    raw = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
+    return f"{raw}.{keyed_hash(purpose, raw)[:32]}"
+
+
+def unseal(purpose: str, token: str, now: float | None = None) -> dict[str, Any] | None:
+    """Return the payload of a valid, unexpired token of `purpose`, else None."""
+    raw, _, mac = token.partition(".")
+    if not raw or not mac or len(token) > 600 or not same_hash(keyed_hash(purpose, raw)[:32], mac):
+        return None
+    try:
+        body = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("e"), int) or body["e"] < (now or time.time()):
+        return None
+    return body
+
+
+def long_date(value: date | None, language: str) -> str | None:
+    """Return a date in words in the conversation's language ("5 mars 2026"), or None."""
+    return format_date(value, format="long", locale=LOCALES.get(language, "fr_LU")) if value else None
+
+
+def study_in_words(study: imaging.StudyInfo, language: str) -> str:
+    """Return e.g. "Scanner (CT) du 5 mars 2026 — Thorax" for a study."""
+    what = " + ".join(dict.fromkeys(messages.modality(code, language) for code in study.modalities or ("OT",)))
+    when = long_date(study.study_date, language)
+    line = messages.imaging("line", language, what=what, date=when) if when else \
+        messages.imaging("undated", language, what=what)
+    details = [part for part in (study.description, study.body_part) if part]
+    return f"{line} — {', '.join(details)}" if details else line
+
+
 def file_name(info: documents.DocumentInfo) -> str:
     """Return a safe download file name for a document: its title and the extension of its format."""
     stem = "".join(ch if ch.isalnum() or ch in " -_" else "_" for ch in info.title).strip()[:60] or "document"
     return stem + EXTENSIONS.get(info.format, "")
+
+
+def content_disposition(name: str) -> str:
+    """Return an ``attachment`` Content-Disposition for any Unicode name (RFC 6266: ASCII fallback + RFC 5987)."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().replace('"', "_")
+    if not ascii_name.rsplit(".", 1)[0].strip():
+        ascii_name = "document" + ascii_name.strip()
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def _render_sync(conversation_id: str, language: str, view: str, custom: dict[str, Any], text: str) -> Rendered:
@@ -97,8 +163,8 @@ def _render_sync(conversation_id: str, language: str, view: str, custom: dict[st
         if view == "documents":
             found = documents.describe_documents(uow, conversation_id, _ids(custom.get("ids")))
             lines = [
-                f"• {doc.title} — {messages.document_type(doc.doc_type, language)} — "
-                f"{localized_date(doc, language)} — {doc.author_name}"
+                "• " + " — ".join(part for part in (doc.title, messages.document_type(doc.doc_type, language),
+                                                    localized_date(doc, language), doc.author_name) if part)
                 for doc in found
             ]
             buttons = [(doc.title[:40], choice("document_id", doc.id)) for doc in found]
@@ -123,6 +189,31 @@ def _render_sync(conversation_id: str, language: str, view: str, custom: dict[st
                 except DspError:
                     continue  # designation revoked since the action looked: not offered
             return Rendered(buttons=buttons)
+        if view == "studies":
+            found = imaging.describe_studies(uow, conversation_id, _ids(custom.get("ids")))
+            lines = [f"• {study_in_words(study, language)}" for study in found]
+            buttons = [(study_in_words(study, language)[:60], choice("study_id", study.id)) for study in found]
+            return Rendered(text="\n".join([text, *lines]), buttons=buttons)
+        if view == "study":
+            found = imaging.describe_studies(uow, conversation_id, _ids(custom.get("study_id")))
+            if not found:
+                raise DspError("study_not_found")
+            study = found[0]
+            summary = study_in_words(study, language) + ". " + messages.imaging(
+                "images", language, series=study.series_count, images=study.instance_count) + "."
+            return Rendered(text=text.replace(STUDY_PLACEHOLDER, summary))
+        if view == "key_image":
+            ids = _ids(custom.get("instance_id"))
+            if not ids:
+                raise DspError("image_not_found")
+            token = seal("image", {"c": conversation_id, "i": ids[0]}, IMAGE_TTL_SECONDS)
+            return Rendered(image=f"/v1/conversations/{conversation_id}/images/{token}")
+        if view == "viewer":
+            ids = _ids(custom.get("study_id"))
+            if not ids:
+                raise DspError("study_not_found")
+            token = seal("viewer", {"c": conversation_id, "s": ids[0], "l": language}, VIEWER_TTL_SECONDS)
+            return Rendered(text=f"{text}\n{dsp_settings().public_url}/viewer/{token}")
         if view == "person":
             ids = _ids(custom.get("holder_id"))
             name = assistants.person_name(uow, conversation_id, ids[0]) if ids else None

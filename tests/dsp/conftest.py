@@ -19,6 +19,7 @@ _ENV = (
     "SMTP_HOST",
     "DSP_UPLOAD_MAX_MB",
     "DSP_DOCUMENT_QUOTA_MB",
+    "DSP_DICOM_MAX_MB",
 )
 
 

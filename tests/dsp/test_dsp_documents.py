@@ -275,6 +275,9 @@ def test_demo_documents_fill_mes_documents(client):
     assert [(d.title, d.format, d.author_kind, d.author_name) for d in listed] == [
         ("Certificat de vaccination", "pdf", "professional", "Ana Gonçalves"),
         ("Compte rendu de consultation", "text", "professional", "Dr Anne Müller"),
+        # the reports of the demo imaging studies (bot.dsp.demo.DEMO_STUDIES) are documents too
+        ("Compte rendu d'IRM", "text", "professional", "Dr Patrick Lentz"),
+        ("Compte rendu de scanner", "text", "professional", "Dr Sophie Lefèvre"),
     ]
     for info in listed:
         _, content = client.call(dsp.read_document, info.id)
@@ -395,10 +398,12 @@ def test_duplicate_names_the_date_of_the_existing_document(client, fake_clock, l
 
 def test_the_same_file_staged_twice_is_filed_once(client):
     log_in(client, HOFFMANN)
+    other = Client("conv-2")
+    log_in(other, HOFFMANN)  # the same person on two chats
     first = client.call(dsp.stage_upload, b"double envoi\n", "a.txt")
-    second = client.call(dsp.stage_upload, b"double envoi\n", "a.txt")
+    second = other.call(dsp.stage_upload, b"double envoi\n", "a.txt")
     client.call(dsp.file_document, first.ref, "holder_expression")
-    error = _err(client.call, dsp.file_document, second.ref, "holder_expression")
+    error = _err(other.call, dsp.file_document, second.ref, "holder_expression")
     assert error.code == "file_duplicate"
     assert _counts()[1] == 0
     assert len(_stored_files()) == len(DEMO_DOCUMENTS) + 1
@@ -461,10 +466,12 @@ def test_staged_upload_expires_after_an_hour(client, fake_clock, long_sessions):
 
 def test_purge_removes_expired_uploads_only(client, fake_clock):
     log_in(client, HOFFMANN)
+    other = Client("conv-2")
+    log_in(other, HOFFMANN)
     files = _stored_files()
     client.call(dsp.stage_upload, b"ancien\n", "a.txt")
     fake_clock.advance(1800)
-    client.call(dsp.stage_upload, b"recent\n", "b.txt")
+    other.call(dsp.stage_upload, b"recent\n", "b.txt")
     fake_clock.advance(1801)
     with UnitOfWork() as uow:
         assert dsp.purge_expired_uploads(uow) == 1
@@ -482,8 +489,18 @@ def test_discard_deletes_the_file(client):
     staged = client.call(dsp.stage_upload, b"annule\n", "a.txt")
     client.call(dsp.discard_upload, staged.ref)
     assert _stored_files() == files and _counts()[1] == 0
-    client.call(dsp.discard_upload, staged.ref)  # twice: harmless
-    assert [r.outcome for r in _audit_rows("document.discard")] == ["ok", "upload_expired"]
+    client.call(dsp.discard_upload, staged.ref)  # twice: harmless, and nothing to audit
+    assert [r.outcome for r in _audit_rows("document.discard")] == ["ok"]
+
+
+def test_a_new_file_replaces_the_one_waiting_for_its_type(client):
+    log_in(client, HOFFMANN)
+    files = _stored_files()
+    first = client.call(dsp.stage_upload, b"premier\n", "a.txt")
+    second = client.call(dsp.stage_upload, b"second\n", "b.txt")
+    assert len(_stored_files()) == len(files) + 1 and _counts()[1] == 1
+    assert _err(client.call, dsp.file_document, first.ref, "holder_expression").code == "upload_expired"
+    assert client.call(dsp.file_document, second.ref, "holder_expression").title == "b"
 
 
 def test_an_upload_belongs_to_its_conversation(client):
