@@ -1,8 +1,10 @@
-"""Start and stop the assistant's services: action server, Rasa server, gateway.
+"""Start and stop the assistant's services: action server, Rasa server, gateway (and the Telegram bot).
 
 `python -m bot.launcher serve` runs them in the foreground; `python -m bot.launcher run` also
-opens the terminal chat. Ctrl-C stops everything. All runtime state and every service's log
-live under DSP_STATE_DIR (default `var/`). The tests use `Services` the same way.
+opens the terminal chat. When TELEGRAM_BOT_TOKEN is set, the Telegram front end (`python -m
+bot.telegram`) is started too, once the gateway is healthy. Ctrl-C stops everything. All runtime
+state and every service's log live under DSP_STATE_DIR (default `var/`). The tests use `Services`
+the same way.
 """
 
 from __future__ import annotations
@@ -57,12 +59,14 @@ class Services:
         rasa_port: RASA_PORT (default 5005).
         actions_port: ACTION_SERVER_PORT (default 5055).
         env: extra environment for every process (e.g. a test's DSP_STATE_DIR).
+        telegram: also start the Telegram front end (default: when TELEGRAM_BOT_TOKEN is set).
     """
 
     gateway_port: int = int(os.environ.get("GATEWAY_PORT", "8000"))
     rasa_port: int = int(os.environ.get("RASA_PORT", "5005"))
     actions_port: int = int(os.environ.get("ACTION_SERVER_PORT", "5055"))
     env: dict[str, str] = field(default_factory=dict)
+    telegram: bool = field(default_factory=lambda: bool(os.environ.get("TELEGRAM_BOT_TOKEN", "").strip()))
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -90,6 +94,7 @@ class Services:
             "TF_CPP_MIN_LOG_LEVEL": "3",
             "PYTHONUNBUFFERED": "1",
         })
+        env.setdefault("DSP_PUBLIC_URL", self.gateway_url)  # links in e-mails and replies lead to this gateway
         return env
 
     def start(self, timeout_s: float = 300.0) -> None:
@@ -112,9 +117,7 @@ class Services:
                         "--port", str(self.gateway_port), "--no-server-header", "--no-access-log"],
         }
         for name, command in commands.items():
-            log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-            self.processes[name] = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log,  # noqa: PLW1509
-                                                    stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            self._spawn(name, command, env, logs)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for name, process in self.processes.items():
@@ -122,10 +125,19 @@ class Services:
                     self.stop()
                     raise RuntimeError(f"{name} exited with {process.returncode}: see {logs / (name + '.log')}")
             if self.healthy():
+                if self.telegram:  # a client of the gateway: started once the gateway answers
+                    self._spawn("telegram", [python, "-m", "bot.telegram"], {**env, "GATEWAY_URL": self.gateway_url},
+                                logs)
                 return
             time.sleep(1)
         self.stop()
         raise RuntimeError(f"services not healthy after {timeout_s:.0f} s: see the logs in {logs}")
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str], logs: Path) -> None:
+        """Start one service, its output appended to `<logs>/<name>.log`."""
+        log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        self.processes[name] = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log,  # noqa: PLW1509
+                                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
 
     def healthy(self) -> bool:
         """Return True when the gateway's /health answers 200."""
@@ -186,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(f"Ready in {time.monotonic() - started:.1f} s: gateway on {services.gateway_url} "
           "(OpenAPI at /openapi.json). Ctrl-C stops everything.", flush=True)
+    if services.telegram:
+        print(f"Telegram bot started (log in {get_settings().state_dir}/logs/telegram.log).", flush=True)
     try:
         if args.command == "run":
             from bot.chat.terminal import chat

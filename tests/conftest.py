@@ -35,7 +35,8 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     extra["RASA_AUTH_TOKEN"] = "rasa-test-token"
     extra["DSP_UPLOAD_MAX_MB"] = "1"  # the oversize refusal needs only a small file
     env.update({"RASA_AUTH_TOKEN": extra["RASA_AUTH_TOKEN"], "DSP_UPLOAD_MAX_MB": extra["DSP_UPLOAD_MAX_MB"]})
-    svc = Services(gateway_port=free_port(), rasa_port=free_port(), actions_port=free_port(), env=extra)
+    svc = Services(gateway_port=free_port(), rasa_port=free_port(), actions_port=free_port(), env=extra,
+                   telegram=False)  # the Telegram tests run the bot themselves, against a fake Bot API
     svc.start(timeout_s=420)
     try:
         yield Running(svc.gateway_url, f"http://127.0.0.1:{svc.rasa_port}", extra["GATEWAY_API_KEY"], env,

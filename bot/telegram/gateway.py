@@ -1,0 +1,151 @@
+"""Client of the gateway's HTTP API, used by the handlers (the contract of bot/gateway/app.py).
+
+Retries never repeat an action: a POST is sent again only when it never left (connection refused,
+connect or pool timeout); a GET of a download or image is idempotent and is retried on any
+transport error. Nothing here logs a message text, a secret or a file's content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+logger = logging.getLogger("bot.telegram.gateway")
+
+#: Errors raised before the request was sent: retrying cannot do an action twice.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: Reply paths the bot fetches with its bearer key (never another host).
+FETCHABLE_PREFIX = "/v1/conversations/"
+
+
+class GatewayUnavailable(Exception):
+    """The gateway could not be reached, failed, or refused the bot's key."""
+
+
+@dataclass
+class Reply:
+    """What the gateway answered to one turn.
+
+    Attributes:
+        messages: the assistant's messages (dicts of the contract: text, buttons, image, file…).
+        language: the conversation's language after the turn (fr, de, en) when the gateway said it.
+        status: HTTP status (200, or 409 / 413 / 422 with messages that explain the refusal).
+        upload: for a file, what happened to it (accepted, error, format, size_bytes).
+    """
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    language: str | None = None
+    status: int = 200
+    upload: dict[str, Any] | None = None
+
+
+class GatewayClient:
+    """One httpx.AsyncClient to the gateway, with the bearer key, shared by all chats."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 120.0, connect_retries: int = 3,
+                 retry_delay_s: float = 0.5, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), headers={"Authorization": f"Bearer {api_key}"},
+            timeout=httpx.Timeout(timeout_s, connect=5.0), transport=transport,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20))
+        self.connect_retries = connect_retries
+        self.retry_delay_s = retry_delay_s
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._client.aclose()
+
+    @staticmethod
+    def conversation_id(chat_id: int) -> str:
+        """Return the gateway conversation of a Telegram chat."""
+        return f"tg-{chat_id}"
+
+    async def send_text(self, conversation: str, text: str, language: str | None = None) -> Reply:
+        """Send the user's free text."""
+        body: dict[str, Any] = {"text": text}
+        if language:
+            body["language"] = language
+        return await self._post(f"/v1/conversations/{conversation}/messages", json=body)
+
+    async def choose(self, conversation: str, payload: str, language: str | None = None) -> Reply:
+        """Send the payload of an offered button (the gateway answers 409 when it was not offered)."""
+        body: dict[str, Any] = {"payload": payload}
+        if language:
+            body["language"] = language
+        return await self._post(f"/v1/conversations/{conversation}/messages", json=body)
+
+    async def send_protected(self, conversation: str, value: str, kind: str | None) -> Reply:
+        """Answer the pending protected-input request (409 when nothing, or another kind, is pending)."""
+        body: dict[str, Any] = {"value": value}
+        if kind:
+            body["kind"] = kind
+        return await self._post(f"/v1/conversations/{conversation}/protected", json=body)
+
+    async def send_file(self, conversation: str, name: str, data: bytes, mime_type: str | None,
+                        language: str | None = None) -> Reply:
+        """Send a file for the record (multipart `file`); the reply's `upload` says what happened."""
+        files = {"file": (name, data, mime_type or "application/octet-stream")}
+        return await self._post(f"/v1/conversations/{conversation}/files", files=files,
+                                data={"language": language} if language else None)
+
+    async def fetch(self, url: str) -> bytes:
+        """Fetch a document or image offered in a reply (`file.url` or `image`), in memory.
+
+        Raises:
+            GatewayUnavailable: the link is not a gateway path, expired, or the gateway failed.
+        """
+        if not url.startswith(FETCHABLE_PREFIX):
+            raise GatewayUnavailable("not a gateway link")
+        for attempt in range(self.connect_retries + 1):
+            try:
+                response = await self._client.get(url)
+            except httpx.TransportError as exc:  # a GET is idempotent
+                if attempt == self.connect_retries:
+                    raise GatewayUnavailable(type(exc).__name__) from None
+                logger.warning("gateway download failed (%s): retrying", type(exc).__name__)
+                await asyncio.sleep(self.retry_delay_s * 2**attempt)
+                continue
+            if response.status_code != 200:
+                raise GatewayUnavailable(f"download answered {response.status_code}")
+            return response.content
+        raise GatewayUnavailable("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def _post(self, path: str, **kwargs: Any) -> Reply:
+        for attempt in range(self.connect_retries + 1):
+            try:
+                response = await self._client.post(path, **kwargs)
+            except NOT_SENT as exc:
+                if attempt == self.connect_retries:
+                    raise GatewayUnavailable(type(exc).__name__) from None
+                logger.warning("gateway not reached (%s): retrying", type(exc).__name__)
+                await asyncio.sleep(self.retry_delay_s * 2**attempt)
+                continue
+            except httpx.HTTPError as exc:
+                # The gateway may have acted (e.g. a read timeout): never sent twice.
+                logger.error("gateway call failed: %s", type(exc).__name__)
+                raise GatewayUnavailable(type(exc).__name__) from None
+            return self._reply(response)
+        raise GatewayUnavailable("unreachable")  # pragma: no cover - the loop returns or raises
+
+    @staticmethod
+    def _reply(response: httpx.Response) -> Reply:
+        if response.status_code in (401, 403):
+            logger.error("the gateway refused the bot's key (%s): check GATEWAY_API_KEY", response.status_code)
+            raise GatewayUnavailable("key refused")
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if response.status_code >= 500 or not isinstance(messages, list):
+            logger.error("gateway answered %s", response.status_code)
+            raise GatewayUnavailable(f"status {response.status_code}")
+        language = body.get("language")
+        upload = body.get("upload")
+        return Reply(messages=[m for m in messages if isinstance(m, dict)],
+                     language=language if isinstance(language, str) else None,
+                     status=response.status_code, upload=upload if isinstance(upload, dict) else None)
