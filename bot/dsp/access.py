@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
 from bot.dsp import audit, clock
-from bot.dsp.errors import AccessDenied, DspError, SearchRefused
+from bot.dsp.errors import AccessDenied, SearchRefused
 from bot.dsp.orm import AccessGrant, Professional, fold
-from bot.dsp.records import RecordContext, audit_record, record_context
+from bot.dsp.records import RecordContext, audit_record, commit_and_raise, record_context
 
 if TYPE_CHECKING:
     from bot.dsp.uow import UnitOfWork
@@ -108,10 +108,7 @@ class AccessOverview:
 # --------------------------------------------------------------------------- helpers
 
 
-def _fail(uow: UnitOfWork, error: DspError) -> NoReturn:
-    """Commit the audit rows, then raise."""
-    uow.commit()
-    raise error
+_fail = commit_and_raise  # shared with the other record services (bot/dsp/records.py)
 
 
 def _words(text: str) -> list[str]:

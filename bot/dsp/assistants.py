@@ -20,16 +20,16 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
 from bot.dsp import audit, clock
 from bot.dsp.accounts import _live_session
-from bot.dsp.errors import AccessDenied, AuthError, DspError
+from bot.dsp.errors import AccessDenied, AuthError
 from bot.dsp.matricule import normalize_matricule
 from bot.dsp.orm import AssistantDesignation, LoginSession, Patient
-from bot.dsp.records import RecordContext, audit_record, record_context
+from bot.dsp.records import RecordContext, audit_record, commit_and_raise, record_context
 
 if TYPE_CHECKING:
     from bot.dsp.uow import UnitOfWork
@@ -48,10 +48,7 @@ class AssistedPerson:
     display_name: str
 
 
-def _fail(uow: UnitOfWork, error: DspError) -> NoReturn:
-    """Commit the audit rows, then raise."""
-    uow.commit()
-    raise error
+_fail = commit_and_raise  # shared with the other record services (bot/dsp/records.py)
 
 
 def _display_name(patient: Patient) -> str:

@@ -33,17 +33,16 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import func, select
 
 from bot.dsp import audit, clock
 from bot.dsp.access import _display_name as professional_name  # "Dr Anne Müller", as the directory shows
-from bot.dsp.errors import AccessDenied, AuthError, DspError, UploadRejected
+from bot.dsp.errors import AccessDenied, UploadRejected
 from bot.dsp.orm import Document, Patient, Professional, StagedUpload
-from bot.dsp.records import RecordContext, audit_record, record_context
-from bot.dsp.security import conversation_tag
+from bot.dsp.records import RecordContext, audit_record, audited_context, commit_and_raise, record_context
 from bot.dsp.settings import get_settings
 
 if TYPE_CHECKING:
@@ -173,19 +172,8 @@ class DocumentInfo:
 # --------------------------------------------------------------------------- helpers
 
 
-def _fail(uow: UnitOfWork, error: DspError) -> NoReturn:
-    """Commit the audit rows (and other bookkeeping), then raise."""
-    uow.commit()
-    raise error
-
-
-def _context(uow: UnitOfWork, conversation_id: str, action: str) -> RecordContext:
-    """Return the record context; a refusal without a usable session is audited too."""
-    try:
-        return record_context(uow, conversation_id, action)
-    except AuthError as error:
-        audit.record(uow, actor=conversation_tag(conversation_id), action=action, outcome=error.code)
-        _fail(uow, error)
+_fail = commit_and_raise  # shared with the other record services (bot/dsp/records.py)
+_context = audited_context
 
 
 def refusal_params(code: str) -> dict[str, int | str]:

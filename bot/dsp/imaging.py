@@ -50,15 +50,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sqlalchemy import case, func, select
 
 from bot.dsp import audit, clock
-from bot.dsp.errors import AccessDenied, AuthError, DspError, ImagingError, UploadRejected
+from bot.dsp.errors import AccessDenied, DspError, ImagingError, UploadRejected
 from bot.dsp.orm import Document, ImagingInstance, ImagingSeries, ImagingStudy, Professional
-from bot.dsp.records import RecordContext, audit_record, record_context
-from bot.dsp.security import conversation_tag
+from bot.dsp.records import audit_record, audited_context, commit_and_raise, record_context
 from bot.dsp.settings import get_settings
 
 if TYPE_CHECKING:
@@ -1469,19 +1468,8 @@ def import_dicom(
 # --------------------------------------------------------------------------- record services
 
 
-def _fail(uow: UnitOfWork, error: DspError) -> NoReturn:
-    """Commit the audit rows (and other bookkeeping), then raise."""
-    uow.commit()
-    raise error
-
-
-def _context(uow: UnitOfWork, conversation_id: str, action: str) -> RecordContext:
-    """Return the record context; a refusal without a usable session is audited too."""
-    try:
-        return record_context(uow, conversation_id, action)
-    except AuthError as error:
-        audit.record(uow, actor=conversation_tag(conversation_id), action=action, outcome=error.code)
-        _fail(uow, error)
+_fail = commit_and_raise  # shared with the other record services (bot/dsp/records.py)
+_context = audited_context
 
 
 def _study_infos(uow: UnitOfWork, holder_id: int, study_ids: list[int] | None = None) -> list[StudyInfo]:

@@ -17,10 +17,11 @@ patient, action, object, time, outcome — architecture invariant 3).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NoReturn
 
 from bot.dsp import audit
 from bot.dsp.accounts import _live_session
-from bot.dsp.errors import AccessDenied, AuthError
+from bot.dsp.errors import AccessDenied, AuthError, DspError
 from bot.dsp.security import conversation_tag
 from bot.dsp.uow import UnitOfWork
 
@@ -111,3 +112,23 @@ def record_context(uow: UnitOfWork, conversation_id: str, action: str = "record.
         uow.commit()
         raise AccessDenied("assistant_revoked")
     return context
+
+
+def commit_and_raise(uow: UnitOfWork, error: DspError) -> NoReturn:
+    """Commit the audit rows (and other bookkeeping) of a refusal, then raise it."""
+    uow.commit()
+    raise error
+
+
+def audited_context(uow: UnitOfWork, conversation_id: str, action: str) -> RecordContext:
+    """Return :func:`record_context`; a refusal without a usable session is audited too.
+
+    Raises:
+        AuthError: ``not_logged_in``, ``terms_pending`` (audited under `action` with the conversation tag).
+        AccessDenied: ``assistant_revoked``.
+    """
+    try:
+        return record_context(uow, conversation_id, action)
+    except AuthError as error:
+        audit.record(uow, actor=conversation_tag(conversation_id), action=action, outcome=error.code)
+        commit_and_raise(uow, error)
