@@ -37,6 +37,13 @@ def run_dsp(env: dict[str, str], *args: str) -> Any:
     return json.loads(out.stdout)
 
 
+def run_dsp_lines(services: Any, *args: str) -> list[str]:
+    """Run the `dsp` admin command with the services' environment and return its non-empty output lines."""
+    out = subprocess.run([str(DSP), *args], capture_output=True, text=True, env=services.env, timeout=120,
+                         check=True)
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
 class Chat:
     """One conversation through the gateway, as a front end would hold it."""
 

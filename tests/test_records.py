@@ -14,7 +14,7 @@ import json
 import pytest
 from pypdf import PdfWriter
 
-from tests.support import Chat, logged_in, run_dsp
+from tests.support import Chat, logged_in, run_dsp, run_dsp_lines
 
 pytestmark = pytest.mark.services
 
@@ -131,7 +131,7 @@ def test_every_refused_file_stores_nothing_and_the_chat_goes_on(services, langua
 
 
 def test_a_file_without_login_is_refused_and_a_task_waits_for_the_login(services):
-    from tests.support import activate, log_in, new_letter
+    from tests.support import activate, new_letter
 
     chat = Chat(services.gateway_url, services.key, services.env, "fr")
     before = stored_files(services)
@@ -154,7 +154,6 @@ def test_a_file_without_login_is_refused_and_a_task_waits_for_the_login(services
     assert said(services, chat, 3) == ["utter_logged_in", "utter_resume_task", "utter_ask_upload_ref"]
     reply = chat.upload("note.txt", "Mes allergies : pénicilline".encode())
     assert reply["upload"]["format"] == "text"
-    del log_in
 
 
 GRANT = {"fr": "je veux donner accès à mon dossier à un médecin", "en": "I want to give a doctor access to my record"}
@@ -324,17 +323,6 @@ def test_assistant_switches_acts_and_loses_access_when_revoked(services, languag
     assert words["file"] not in chat.text
     chat.say(words["back"])
     assert said(services, chat, 1) == ["utter_already_own_record"]
-
-
-def run_dsp_lines(services, *args: str) -> list[str]:
-    """Run the `dsp` command and return its output lines."""
-    import subprocess
-
-    from tests.support import DSP
-
-    out = subprocess.run([str(DSP), *args], capture_output=True, text=True, env=services.env, timeout=120,
-                         check=True)
-    return [line for line in out.stdout.splitlines() if line.strip()]
 
 
 def test_the_terminal_chat_sends_a_file_by_its_path_and_saves_a_document(services, tmp_path):
