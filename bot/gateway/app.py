@@ -52,6 +52,8 @@ CODE_KINDS = ("matricule", "activation_code", "otp", "pin", "pin_confirm", "phon
 MAX_BODY_BYTES = 64_000
 FILES_PATH = re.compile(r"^/v1/conversations/[^/]+/files$")
 FILE_INTENT = "provide_file"
+#: Path segments that carry a token (downloads, images, viewer): cut from the access log.
+TOKEN_IN_PATH = re.compile(r"(/(?:downloads|images|viewer))/[^/]+")
 #: Largest side of a key image sent in the chat, in pixels (Telegram photos are shown at most 1280).
 CHAT_IMAGE_MAX_SIZE = 1024
 #: One-word replies that stay conversation (not a secret) while a protected input is pending.
@@ -270,6 +272,44 @@ class Gateway:
         return reply
 
 
+    async def handle_payload(self, state: store.ConversationState, payload: str, language: str | None) -> Reply:
+        """Run a turn for the payload of an offered button (call with the conversation's lock held).
+
+        Raises:
+            HTTPException: 409 when the payload was not offered in this conversation.
+        """
+        if language in SUPPORTED_LANGUAGES:
+            state.language = language
+        if payload not in state.offered:
+            raise HTTPException(status.HTTP_409_CONFLICT, messages.text("unknown_choice", state.language))
+        return await self.turn(state, payload, [])
+
+    async def handle_text(self, state: store.ConversationState, raw: str, language: str | None) -> Reply:
+        """Run a turn for a user's text (call with the conversation's lock held).
+
+        A text that answers a pending secret goes to the vault; a bare number chooses among the
+        latest choices; anything else is redacted, its language settled, and sent to Rasa.
+        """
+        if state.pending_kind and looks_like_an_answer(raw, state.pending_kind):
+            # A client typed the secret in the open chat: it still goes to the vault, never to Rasa.
+            if (language or "").lower() in SUPPORTED_LANGUAGES:
+                state.language = (language or "").lower()
+            return await self.answer_protected(state, raw)
+        number = raw.strip().rstrip(".)")
+        if number.isascii() and number.isdigit() and 1 <= int(number) <= len(state.last_choices):
+            # "2" answers the latest choices (voice and text-only clients have no buttons)
+            if language in SUPPORTED_LANGUAGES:
+                state.language = language
+            return await self.turn(state, state.last_choices[int(number) - 1], [])
+        text, masked = redact.clean(raw)
+        await choose_language(state, language, text)
+        if not text.replace(redact.PLACEHOLDER, "").strip():
+            reply = Reply(messages=[OutMessage(text=messages.text("masked" if masked else "empty", state.language))],
+                          language=state.language)
+            await asyncio.to_thread(store.save, state)
+            return reply
+        return await self.turn(state, text, ["masked"] if masked else [])
+
     async def render_views(self, state: store.ConversationState, reply: Reply, had_choices: bool) -> None:
         """Fill in the views of the reply (names, titles, files) and offer their buttons."""
         offered: list[str] = []
@@ -358,23 +398,25 @@ def gateway_of(request: Request) -> Gateway:
 async def access_log_and_errors(request: Request, call_next: Any) -> Any:
     """Log requests and contain unexpected errors.
 
-    The log line has no query string (a reset link carries its token there); an unexpected error
-    is answered without a stack trace or a value, and only its type is logged.
+    The log line has no query string (a reset link carries its token there) and no token of a
+    download, image or viewer link; an unexpected error is answered without a stack trace or a
+    value, and only its type is logged.
     """
     started = time.perf_counter()
     path = "".join(ch if ch.isprintable() else "?" for ch in request.url.path)[:200]
+    logged_path = TOKEN_IN_PATH.sub(r"\1/…", path)  # tokens are capabilities: never in a log
     length = request.headers.get("content-length", "")
     chunked = "chunked" in request.headers.get("transfer-encoding", "")
     too_long = length.isdigit() and int(length) > MAX_BODY_BYTES and not FILES_PATH.match(path)  # files: see post_file
     if too_long or (request.method == "POST" and chunked):
-        logger.info("%s %s 413 (body too large)", request.method, path)
+        logger.info("%s %s 413 (body too large)", request.method, logged_path)
         return JSONResponse({"messages": [{"text": messages.text("too_long", None)}]}, status_code=413)
     try:
         response = await call_next(request)
     except Exception as exc:  # noqa: BLE001 - the last line of defence
-        logger.error("unexpected %s on %s %s", type(exc).__name__, request.method, path)
+        logger.error("unexpected %s on %s %s", type(exc).__name__, request.method, logged_path)
         response = JSONResponse({"messages": [{"text": messages.text("unavailable", None)}]}, status_code=500)
-    logger.info("%s %s %s %.0f ms", request.method, path, response.status_code,
+    logger.info("%s %s %s %.0f ms", request.method, logged_path, response.status_code,
                 (time.perf_counter() - started) * 1000)
     return response
 
@@ -402,30 +444,8 @@ async def post_message(conversation_id: ConversationId, body: MessageIn, request
     async with gateway.locks.hold(conversation_id):
         state = await asyncio.to_thread(store.load, conversation_id)
         if body.payload is not None:
-            if body.language in SUPPORTED_LANGUAGES:
-                state.language = body.language
-            if body.payload not in state.offered:
-                raise HTTPException(status.HTTP_409_CONFLICT, messages.text("unknown_choice", state.language))
-            return await gateway.turn(state, body.payload, [])
-        if state.pending_kind and looks_like_an_answer(body.text or "", state.pending_kind):
-            # A client typed the secret in the open chat: it still goes to the vault, never to Rasa.
-            if (body.language or "").lower() in SUPPORTED_LANGUAGES:
-                state.language = (body.language or "").lower()
-            return await gateway.answer_protected(state, body.text or "")
-        number = (body.text or "").strip().rstrip(".)")
-        if number.isascii() and number.isdigit() and 1 <= int(number) <= len(state.last_choices):
-            # "2" answers the latest choices (voice and text-only clients have no buttons)
-            if body.language in SUPPORTED_LANGUAGES:
-                state.language = body.language
-            return await gateway.turn(state, state.last_choices[int(number) - 1], [])
-        text, masked = redact.clean(body.text or "")
-        await choose_language(state, body.language, text)
-        if not text.replace(redact.PLACEHOLDER, "").strip():
-            reply = Reply(messages=[OutMessage(text=messages.text("masked" if masked else "empty", state.language))],
-                          language=state.language)
-            await asyncio.to_thread(store.save, state)
-            return reply
-        return await gateway.turn(state, text, ["masked"] if masked else [])
+            return await gateway.handle_payload(state, body.payload, body.language)
+        return await gateway.handle_text(state, body.text or "", body.language)
 
 
 @app.post("/v1/conversations/{conversation_id}/protected", response_model=Reply,
