@@ -82,7 +82,8 @@ class Chat:
         return dict(body)
 
     def download(self, url: str) -> httpx.Response:
-        """Fetch a document offered in a reply."""
+        """Fetch a document offered in a reply (its token is a capability: never in a log)."""
+        SECRETS.add(url.rstrip("/").rsplit("/", 1)[-1])
         return self.client.get(self.base.split("/v1/")[0] + url)
 
     def protect(self, value: str) -> list[dict[str, Any]]:

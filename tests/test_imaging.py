@@ -16,7 +16,7 @@ import httpx
 import pytest
 from pydicom.data import get_testdata_file
 
-from tests.support import DSP, Chat, logged_in
+from tests.support import DSP, SECRETS, Chat, logged_in
 
 pytestmark = pytest.mark.services
 
@@ -74,6 +74,7 @@ def test_studies_report_key_image_and_viewer_in_a_browser(services, tmp_path):
 
     viewer_url = next(word for m in chat.last for word in (m.get("text") or "").split() if "/viewer/" in word)
     assert viewer_url.startswith(services.gateway_url)
+    SECRETS.add(viewer_url.rstrip("/").rsplit("/", 1)[-1])  # a capability: never in a log
     assert httpx.get(viewer_url.replace("/viewer/", "/viewer/x"), timeout=30).status_code == 404  # forged
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
