@@ -19,7 +19,7 @@ export CHROMIUM
 export RASA_TELEMETRY_ENABLED := false
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: help setup run serve test model db lint validate clean-state browser
+.PHONY: help setup run serve test model db lint validate clean-state browser speech voice-demo bench
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ serve: setup  ## Start action server, Rasa server and gateway in the foreground
 validate: $(RASA_VENV)/.installed  ## rasa data validate, failing on any warning
 	$(VENV)/bin/python scripts/validate_data.py
 
+bench: setup  ## NLU quality (held-out, 3 pipelines), latency, throughput, memory: table + benchmarks/results/
+	$(VENV)/bin/python benchmarks/bench.py $(BENCH_ARGS)
+
 lint: $(VENV)/.installed  ## ruff
 	$(VENV)/bin/ruff check .
 
@@ -69,6 +72,14 @@ browser:  ## Install Debian's chromium for the browser tests if it is missing
 	@[ -x "$(CHROMIUM)" ] || { echo "Installing chromium (apt-get) for the web-viewer test..."; \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+speech:  ## Install Debian's espeak-ng for the voice demo if it is missing
+	@command -v espeak-ng >/dev/null || { echo "Installing espeak-ng (apt-get) for the voice demo..."; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng >/dev/null; }
+
+voice-demo: setup speech  ## A scripted voice call: transcript + the assistant's turns as WAV (var/voice-demo/)
+	@$(VENV)/bin/python scripts/voice_demo.py
 
 test: setup validate browser  ## Set up what is missing, then run every test
 	$(VENV)/bin/ruff check .

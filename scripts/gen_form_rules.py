@@ -60,7 +60,7 @@ ASIDES = {
     "resend_code": "action_resend_code",
     "nlu_fallback": "action_handle_fallback",
 }
-STOPS = {"cancel": "action_cancel_task", "goodbye": "action_cancel_task"}
+STOPS = {"cancel": "action_cancel_task", "goodbye": "action_cancel_task", "open_ticket": "action_open_ticket_in_task"}
 
 
 def rule(name: str, form: str, intent: str, body: list[str]) -> list[str]:

@@ -243,3 +243,128 @@ def logged_in(services, language: str, name: tuple[str, str] | None = None) -> t
     chat.say({"fr": "oui", "de": "ja", "en": "yes"}[language])
     assert "utter_logged_in" in services.rasa.responses(chat.id)[-2:]
     return chat, patient
+
+
+# --------------------------------------------------------------------------- voice (issue 7)
+
+#: Number words 0..19 and the tens, as a caller says them (independent of the gateway's parser).
+_SAID_UNITS = {
+    "fr": "zéro un deux trois quatre cinq six sept huit neuf dix onze douze treize quatorze quinze seize "
+          "dix-sept dix-huit dix-neuf".split(),
+    "de": "null eins zwei drei vier fünf sechs sieben acht neun zehn elf zwölf dreizehn vierzehn fünfzehn "
+          "sechzehn siebzehn achtzehn neunzehn".split(),
+    "en": "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+          "sixteen seventeen eighteen nineteen".split(),
+}
+_SAID_TENS = {"fr": ["", "", "vingt", "trente", "quarante", "cinquante", "soixante"],
+              "de": ["", "", "zwanzig", "dreißig", "vierzig", "fünfzig", "sechzig", "siebzig", "achtzig", "neunzig"],
+              "en": ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]}
+#: Symbols of an e-mail address as said aloud.
+_SAID_SYMBOLS = {"fr": {"@": "arobase", ".": "point", "-": "tiret", "_": "tiret bas"},
+                 "de": {"@": "at", ".": "Punkt", "-": "Bindestrich", "_": "Unterstrich"},
+                 "en": {"@": "at", ".": "dot", "-": "dash", "_": "underscore"}}
+
+
+def said_number(n: int, language: str) -> str:
+    """Return 0..99 as a caller says it ("quatre-vingt-dix-sept", "siebenundneunzig", "ninety-seven")."""
+    units, tens = _SAID_UNITS[language], _SAID_TENS[language]
+    if n < 20:
+        return units[n]
+    ten, unit = divmod(n, 10)
+    if language == "de":
+        return tens[ten] if not unit else f"{'ein' if unit == 1 else units[unit]}und{tens[ten]}"
+    if language == "en":
+        return tens[ten] if not unit else f"{tens[ten]}-{units[unit]}"
+    if ten in (7, 9):  # soixante-dix-sept, quatre-vingt-onze
+        base = "soixante" if ten == 7 else "quatre-vingt"
+        return f"{base} et onze" if n == 71 else f"{base}-{units[10 + unit]}"
+    if ten == 8:
+        return "quatre-vingts" if not unit else f"quatre-vingt-{units[unit]}"
+    return tens[ten] if not unit else f"{tens[ten]} et un" if unit == 1 else f"{tens[ten]}-{units[unit]}"
+
+
+def said_digits(value: str, language: str, by: int = 2) -> str:
+    """Return digits as a caller says them: in groups of `by` ("19 85 04" -> "dix-neuf, quatre-vingt-cinq,
+    zéro quatre"), a group with a leading zero digit by digit, groups separated by a pause (a comma)."""
+    groups = [value[i:i + by] for i in range(0, len(value), by)]
+    said = []
+    for group in groups:
+        if group.startswith("0") or len(group) == 1 or by == 1:
+            said.append(" ".join(_SAID_UNITS[language][int(d)] for d in group))
+        else:
+            said.append(said_number(int(group), language))
+    return ", ".join(said)
+
+
+def said_characters(value: str, language: str, words: bool = False) -> str:
+    """Return a code or an e-mail address said character by character ("K sept Q", "p tiret un arobase").
+
+    With `words`, a part made of 3 letters or more is said as a word ("example", "org").
+    """
+    out = []
+    for word in re.split(r"([@.\-_])", value):
+        if word in _SAID_SYMBOLS[language]:
+            out.append(_SAID_SYMBOLS[language][word])
+        elif words and word.isalpha() and len(word) > 2:
+            out.append(word)  # "example", "org": said as words
+        else:
+            out.extend(_SAID_UNITS[language][int(ch)] if ch.isdigit() else ch for ch in word)
+    return " ".join(part for part in out if part)
+
+
+class VoiceChat:
+    """One call through the gateway's voice endpoint: transcribed speech in, speech out.
+
+    Every reply's SSML is parsed with an XML parser; `turns` counts the caller's utterances.
+    """
+
+    def __init__(self, services: Any, language: str | None = None) -> None:
+        self.id = "v-" + uuid.uuid4().hex[:12]
+        self.url = f"{services.gateway_url}/v1/voice/{self.id}"
+        self.client = httpx.Client(timeout=120, headers={"Authorization": f"Bearer {services.key}"})
+        self.env = services.env
+        self.language = language
+        self.turns = 0
+        self.last: dict[str, Any] = {}
+        self.transcript: list[tuple[str, str]] = []
+
+    def say(self, heard: str, secret: bool = False) -> dict[str, Any]:
+        """Send what speech recognition heard ("" for silence); return the voice reply.
+
+        Args:
+            heard: the utterance.
+            secret: the utterance says a secret: it must never appear in a log or the tracker.
+        """
+        import xml.etree.ElementTree as ET
+
+        if secret:
+            SECRETS.add(heard)
+        body: dict[str, Any] = {"text": heard}
+        if self.language:
+            body["language"] = self.language
+        response = self.client.post(self.url, json=body)
+        assert response.status_code == 200, response.text
+        self.last = response.json()
+        root = ET.fromstring(self.last["ssml"])  # noqa: S314 - the gateway's own output
+        assert root.tag == "{http://www.w3.org/2001/10/synthesis}speak", self.last["ssml"]
+        self.turns += 1
+        self.transcript.append(("[secret]" if secret else heard, self.last["text"]))
+        return self.last
+
+    @property
+    def text(self) -> str:
+        """What the assistant said last (plain text)."""
+        return str(self.last.get("text") or "")
+
+    @property
+    def pending(self) -> str | None:
+        """Kind of the protected input the last reply asked for, if any."""
+        return (self.last.get("protected_input") or {}).get("kind")
+
+    def outbox_code(self, address: str) -> str:
+        """Read the one-time code last sent to `address` (embedded outbox)."""
+        message = run_dsp(self.env, "outbox", "--to", address, "--last")
+        match = re.search(r"(?<![0-9A-Za-z])([0-9]{6,8})(?![0-9A-Za-z])", message["body"])
+        assert match, "no code in the message"
+        SECRETS.add(match.group(1))
+        return match.group(1)

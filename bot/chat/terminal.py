@@ -4,6 +4,12 @@ Buttons are shown as numbered choices (type the number), protected inputs are re
 echo (getpass), and the messages the demo "sends" by SMS or e-mail are printed from the outbox.
 A file is sent with ``/file PATH`` (or by typing its path when the assistant asks for one); a
 document the assistant sends is saved under ``<DSP_STATE_DIR>/downloads/``. Ctrl-D or Ctrl-C leaves.
+
+While the conversation has a helpdesk ticket (a reply carried a ``handoff``), a background thread
+(`HandoffListener`) long-polls the conversation's outbox and prints what the helpdesk agent writes
+as it arrives, on a line of its own, then shows the prompt again; it stops when the ticket is closed
+(the closing notice arrived) or when the chat ends. While an agent holds the conversation the
+assistant is silent: a reply without messages prints nothing.
 """
 
 from __future__ import annotations
@@ -12,9 +18,12 @@ import getpass
 import os
 import sys
 import textwrap
+import threading
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 
@@ -50,6 +59,118 @@ KIND_LABELS = {
            "otp": "One-time code", "reset_token": "Link or code from the e-mail", "pin": "PIN",
            "pin_confirm": "PIN (again)"},
 }
+
+
+#: Serialises what the chat and the helpdesk listener print (their lines never mix).
+PRINT_LOCK = threading.RLock()
+
+
+def wrapped(text: str) -> list[str]:
+    """Return the lines of a message as the chat prints them (indented, wrapped at 90 columns)."""
+    return [textwrap.fill(paragraph, width=90, initial_indent="  ", subsequent_indent="  ") if paragraph else ""
+            for paragraph in text.split("\n")]
+
+
+def typed_so_far() -> str:
+    """Return what the user has typed on the input line so far (readline), or "" when unknown."""
+    try:
+        import readline
+    except ImportError:  # pragma: no cover - no readline on this platform
+        return ""
+    return str(readline.get_line_buffer())
+
+
+class HandoffListener:
+    """Long-polls a conversation's outbox in a thread and prints the helpdesk agent's messages.
+
+    `GET <outbox_url>?wait=<wait_s>` answers `{"messages": [{"text"…}], "language", "handoff"}` as soon as
+    a message arrives, each message once. The thread prints them (on a new line, then the prompt
+    again with what was typed so far — never what a private entry holds) and stops when `handoff` is
+    null (the ticket was closed: its notice is printed first) or when `stop()` is called. A failed
+    call waits (1 s doubling up to 30 s) and tries again; nothing is printed about it.
+
+    Attributes:
+        prompt: the prompt to show again after printing ("" for none).
+        private: True while the prompt is a private entry (what was typed is then never shown).
+    """
+
+    def __init__(self, outbox_url: str, headers: dict[str, str], *, wait_s: float = 20.0,
+                 out: TextIO | None = None, backoff_first_s: float = 1.0, backoff_max_s: float = 30.0,
+                 min_interval_s: float = 0.5) -> None:
+        self.outbox_url = outbox_url
+        self.headers = headers
+        self.wait_s = wait_s
+        self.out = out
+        self.backoff_first_s = backoff_first_s
+        self.backoff_max_s = backoff_max_s
+        self.min_interval_s = min_interval_s
+        self.prompt = ""
+        self.private = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        """True while the thread polls."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start polling (nothing when already polling)."""
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="helpdesk-outbox", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 0.0) -> None:
+        """Ask the thread to stop (it ends after its current call: a daemon thread never delays the exit)."""
+        self._stop.set()
+        if self._thread is not None and timeout_s > 0:
+            self._thread.join(timeout_s)
+
+    def ask(self, read: Callable[[str], str], prompt: str, private: bool = False) -> str:
+        """Read a line with `read(prompt)` (input or getpass); the prompt is shown again after a message."""
+        self.prompt, self.private = prompt, private
+        try:
+            return read(prompt)
+        finally:
+            self.prompt, self.private = "", False
+
+    def _run(self) -> None:
+        delay = self.backoff_first_s
+        with httpx.Client(headers=self.headers, timeout=httpx.Timeout(self.wait_s + 15, connect=5)) as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    response = client.get(self.outbox_url, params={"wait": self.wait_s})
+                    response.raise_for_status()
+                    body = response.json()
+                    if not isinstance(body, dict):
+                        raise ValueError("not an object")
+                except (httpx.HTTPError, ValueError):
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, self.backoff_max_s)
+                    continue
+                delay = self.backoff_first_s
+                texts = [str(m["text"]) for m in body.get("messages") or [] if isinstance(m, dict) and m.get("text")]
+                if texts:
+                    self.emit(texts)
+                if body.get("handoff") is None:
+                    return  # the ticket is closed: the assistant answers again
+                if not texts and time.monotonic() - started < self.min_interval_s:
+                    self._stop.wait(self.min_interval_s)
+
+    def emit(self, texts: list[str]) -> None:
+        """Print messages on lines of their own, then the prompt again (with the text typed so far)."""
+        out = self.out or sys.stdout
+        with PRINT_LOCK:
+            tty = out.isatty()
+            out.write("\r\033[K" if tty else "\n")  # clear the half-typed input line
+            for message in texts:
+                out.write("\n".join(wrapped(message)) + "\n")
+            if self.prompt:
+                out.write(self.prompt + (typed_so_far() if tty and not self.private else ""))
+            out.flush()
 
 
 class OutboxWatcher:
@@ -135,17 +256,17 @@ def show(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | No
     """Print the assistant's messages; return the offered buttons and the pending protected kind."""
     buttons: list[dict[str, Any]] = []
     pending = None
-    for message in messages:
-        if message.get("text"):
-            for paragraph in str(message["text"]).split("\n"):
-                print(textwrap.fill(paragraph, width=90, initial_indent="  ", subsequent_indent="  ")
-                      if paragraph else "")
-        if message.get("buttons"):
-            buttons = message["buttons"]
-        if message.get("protected_input"):
-            pending = message["protected_input"].get("kind")
-    for number, button in enumerate(buttons, start=1):
-        print(f"   {number}. {button['title']}")
+    with PRINT_LOCK:
+        for message in messages:
+            if message.get("text"):
+                for line in wrapped(str(message["text"])):
+                    print(line)
+            if message.get("buttons"):
+                buttons = message["buttons"]
+            if message.get("protected_input"):
+                pending = message["protected_input"].get("kind")
+        for number, button in enumerate(buttons, start=1):
+            print(f"   {number}. {button['title']}")
     return buttons, pending
 
 
@@ -161,6 +282,7 @@ def chat(gateway_url: str, language: str | None = None, conversation: str | None
     headers = {"Authorization": f"Bearer {api_key()}"}
     base = f"{gateway_url}/v1/conversations/{conversation}"
     outbox = OutboxWatcher()
+    helpdesk = HandoffListener(f"{base}/outbox", headers)
     lang = language or os.environ.get("DSP_DEFAULT_LANGUAGE", "fr")
     words = PROMPTS.get(lang, PROMPTS["fr"])
     buttons: list[dict[str, Any]] = []
@@ -174,15 +296,21 @@ def chat(gateway_url: str, language: str | None = None, conversation: str | None
                 if pending:
                     label = KIND_LABELS.get(lang, KIND_LABELS["fr"]).get(pending, pending)
                     sys.stdout.flush()
-                    value = getpass.getpass(f"{label} {words['private']}: ")
+                    value = helpdesk.ask(getpass.getpass, f"{label} {words['private']}: ", private=True)
                     if not value.strip():
                         pending = None  # an empty entry goes back to the open chat (e.g. to say "annuler")
                         continue
-                    response = client.post(f"{base}/protected", json={"value": value, "kind": pending})
+                    choice = value.strip()
+                    if choice.isdigit() and len(choice) <= 2 and buttons and 1 <= int(choice) <= len(buttons):
+                        # a choice shown with the question (e.g. "no e-mail address"): no secret is that short
+                        payload = buttons[int(choice) - 1]["payload"]
+                        response = client.post(f"{base}/messages", json={"payload": payload})
+                    else:
+                        response = client.post(f"{base}/protected", json={"value": value, "kind": pending})
                 else:
                     if expecting:
                         print(f"  {words['file_hint']}")
-                    text = input(f"{words['you']}> ").strip()
+                    text = helpdesk.ask(input, f"{words['you']}> ").strip()
                     if not text:
                         continue
                     path = file_to_send(text, expecting)
@@ -201,6 +329,7 @@ def chat(gateway_url: str, language: str | None = None, conversation: str | None
                             body["language"] = language
                         response = client.post(f"{base}/messages", json=body)
             except (EOFError, KeyboardInterrupt):
+                helpdesk.stop()
                 print(f"\n{words['bye']}")
                 return
             except httpx.HTTPError as exc:
@@ -208,6 +337,8 @@ def chat(gateway_url: str, language: str | None = None, conversation: str | None
                 continue
             data = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
             buttons, pending = show(data.get("messages", []))
+            if data.get("handoff"):
+                helpdesk.start()  # a ticket is open: the agent's messages come through the outbox
             expecting = expects_file(data.get("messages", []))
             for message in data.get("messages", []):
                 offered = message.get("file") or (

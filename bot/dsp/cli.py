@@ -1,8 +1,9 @@
-"""Command line ``dsp``: database, demo data, letters, outbox, audit, assistants, DICOM import (JSON on stdout)."""
+"""Command line ``dsp``: database, demo data, letters, outbox, audit, assistants, DICOM, helpdesk agents (JSON)."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from bot.dsp.assistants import designate_assistant, revoke_assistant
 from bot.dsp.db import init_db
 from bot.dsp.demo import DEMO_ASSISTANTS, DEMO_PASSWORD, DEMO_PATIENTS, seed_demo
 from bot.dsp.errors import DspError
+from bot.dsp.helpdesk import add_agent
 from bot.dsp.imaging import import_dicom
 from bot.dsp.orm import AuditEvent, OutboxMessage
 from bot.dsp.uow import UnitOfWork
@@ -118,6 +120,29 @@ def _cmd_import_dicom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_add_agent(args: argparse.Namespace) -> int:
+    """Create a helpdesk agent for the console; the password comes from a no-echo prompt or stdin.
+
+    Prints ``{"id": n, "username": "..."}``; a refused input (name taken or invalid, password policy,
+    the two prompts differ) exits with status 2.
+    """
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Mot de passe de l'agent : ")
+        if getpass.getpass("Confirmez le mot de passe : ") != password:
+            print("dsp add-agent: refused: password_mismatch", file=sys.stderr)
+            return 2
+    try:
+        with UnitOfWork() as uow:
+            agent_id = add_agent(uow, args.username, args.name, password, actor="cli")
+    except DspError as error:
+        print(f"dsp add-agent: refused: {error.code}", file=sys.stderr)
+        return 2
+    print(json.dumps({"id": agent_id, "username": args.username.strip().lower()}))
+    return 0
+
+
 def _cmd_issue_letter(args: argparse.Namespace) -> int:
     with UnitOfWork() as uow:
         letter = issue_letter(
@@ -209,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     dicom.add_argument("--report-author", type=int, help="internal id of the professional who wrote the report "
                        "(default: the reading physician named in the files, if the directory has them)")
     dicom.set_defaults(func=_cmd_import_dicom)
+    agent = sub.add_parser("add-agent", help="create a helpdesk agent for the console (password prompted, never argv)")
+    agent.add_argument("--username", required=True, help="sign-in name (a-z, 0-9, . _ -)")
+    agent.add_argument("--name", required=True, help="display name shown to colleagues and users")
+    agent.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    agent.set_defaults(func=_cmd_add_agent)
     return parser
 
 

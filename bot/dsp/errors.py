@@ -93,6 +93,16 @@ class SearchRefused(DspError):
     """A directory search cannot be answered (``search_too_short``, ``search_no_match``, ``search_too_many``)."""
 
 
+class HelpdeskError(DspError):
+    """A helpdesk request is refused (codes in :data:`STAFF_ERROR_CODES`, shown by the console, never by the bot).
+
+    Codes: ``agent_credentials_invalid``, ``agent_locked`` {retry_after_minutes}, ``agent_unknown``,
+    ``agent_username_invalid``, ``agent_username_taken``, ``agent_name_invalid``, ``ticket_not_found``,
+    ``ticket_already_claimed`` {agent}, ``ticket_not_claimed``, ``ticket_closed``, ``text_empty``,
+    ``text_too_long`` {max_chars}, ``filter_invalid``.
+    """
+
+
 #: Every code the domain layer raises; each has a response `utter_err_<code>` in fr, de and en.
 ERROR_CODES = frozenset({
     "matricule_format", "matricule_old_format", "matricule_date", "matricule_checksum",
@@ -112,4 +122,12 @@ ERROR_CODES = frozenset({
     # imaging
     "study_not_found", "image_not_found", "image_not_renderable",
     "dicom_invalid", "dicom_truncated", "dicom_no_pixels", "dicom_duplicate", "dicom_patient_mismatch",
+})
+
+#: Codes of the helpdesk staff side: answered by the console (bot/gateway/console.py), not by the assistant,
+#: so they have no `utter_err_` response.
+STAFF_ERROR_CODES = frozenset({
+    "agent_credentials_invalid", "agent_locked", "agent_unknown", "agent_username_invalid", "agent_username_taken",
+    "agent_name_invalid", "ticket_not_found", "ticket_already_claimed", "ticket_not_claimed", "ticket_closed",
+    "text_empty", "text_too_long", "filter_invalid",
 })

@@ -403,3 +403,88 @@ class ImagingInstance(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     transfer_syntax: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)
+
+
+class HelpdeskAgent(Base):
+    """A member of the helpdesk staff who signs in to the console (``dsp add-agent``).
+
+    The password is stored as Argon2id; five wrong passwords in a row lock the sign-in for 15 minutes.
+    """
+
+    __tablename__ = "helpdesk_agents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(100))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)
+
+
+class AgentSession(Base):
+    """A console session of an agent: the cookie's token stored as an HMAC, with its CSRF token.
+
+    It ends at ``expires_at`` (8 hours after sign-in), after 30 minutes without a request, or at sign-out.
+    """
+
+    __tablename__ = "agent_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("helpdesk_agents.id"), index=True)
+    #: Sent back in a hidden field of every console form (not a credential on its own).
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Ticket(Base):
+    """A helpdesk request opened by the assistant for one conversation: ``open``, ``claimed``, ``closed``.
+
+    ``transcript_json`` holds the redacted conversation (``[[speaker, text], ...]``), ``tried_json`` what
+    the assistant already did (``["form:login_form", "error:otp_wrong", ...]``).
+    """
+
+    __tablename__ = "tickets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: ``HD-000042`` (from the id, set when the row is inserted).
+    reference: Mapped[str | None] = mapped_column(String(16), unique=True)
+    conversation_id: Mapped[str] = mapped_column(String(255), index=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    category: Mapped[str] = mapped_column(String(16), index=True)
+    priority: Mapped[str] = mapped_column(String(8))
+    language: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(8), default="open", index=True)
+    reason: Mapped[str | None] = mapped_column(String(64))
+    tried_json: Mapped[str] = mapped_column(Text, default="[]")
+    transcript_json: Mapped[str] = mapped_column(Text, default="[]")
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now, index=True)
+    claimed_by_agent_id: Mapped[int | None] = mapped_column(ForeignKey("helpdesk_agents.id"))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    closed_by_agent_id: Mapped[int | None] = mapped_column(ForeignKey("helpdesk_agents.id"))
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class TicketMessage(Base):
+    """A message of a ticket: from the ``user``, an ``agent`` (to deliver), a ``note`` (internal), a ``system`` notice.
+
+    Agent replies and system notices (``notice`` ``claimed`` or ``closed``) are delivered to the user's chat
+    once; ``delivered_at`` records when.
+    """
+
+    __tablename__ = "ticket_messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    author: Mapped[str] = mapped_column(String(8))
+    notice: Mapped[str | None] = mapped_column(String(16))
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("helpdesk_agents.id"))
+    text: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=clock.now)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)

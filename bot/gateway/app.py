@@ -6,8 +6,12 @@ Endpoints (bearer key required except for /health and the OpenAPI spec):
     POST /v1/conversations/{conversation_id}/files      multipart: file (+ language)
     GET  /v1/conversations/{conversation_id}/downloads/{token}   a document offered in a reply
     GET  /v1/conversations/{conversation_id}/images/{token}      a key image offered in a reply (PNG)
+    GET  /v1/conversations/{conversation_id}/outbox     helpdesk messages between turns (long-poll ?wait=)
+    GET  /v1/outbox?prefix=tg-                          the same for every conversation of a front end
     GET  /viewer/{token}                                a study's web viewer (link given in the chat)
     GET  /health                                        200 when Rasa's model and the actions are up
+    POST /v1/voice/{conversation_id}                    {"text", "language"?} heard -> {"text", "ssml",
+                                                        "protected_input", "end", "language"} to say
 Replies: {"messages": [{"text", "buttons": [{"title", "payload"}], "image", "protected_input", "file"}]}.
 """
 
@@ -25,17 +29,17 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import httpx
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from bot.dsp import DspError, documents, imaging, vault
+from bot.dsp import DspError, documents, helpdesk, imaging, vault
 from bot.dsp import get_settings as dsp_settings
 from bot.dsp.uow import UnitOfWork
+from bot.gateway import console, messages, redact, store, viewer, views, voice, web
 from bot.gateway import language as lang
-from bot.gateway import messages, redact, store, viewer, views, web
 from bot.gateway.settings import get_settings
 
 logger = logging.getLogger("bot.gateway")
@@ -108,12 +112,44 @@ class UploadOutcome(BaseModel):
     size_bytes: int | None = None
 
 
+class Handoff(BaseModel):
+    """The conversation's helpdesk ticket.
+
+    While it is "claimed" an agent answers and the assistant is silent: the user's messages go to
+    the agent, the agent's come through the outbox endpoints.
+    """
+
+    reference: str = Field(description='e.g. "HD-000042"')
+    status: str = Field(description="open (waiting for an agent) or claimed (an agent answers)")
+    agent: str | None = Field(default=None, description="display name of the agent who claimed it")
+
+
 class Reply(BaseModel):
-    """What the assistant answers to one turn, and the conversation's language after it."""
+    """What the assistant answers to one turn, and the conversation's language after it.
+
+    `messages` is empty only while a helpdesk agent holds the conversation (`handoff.status` is
+    "claimed"): the user's message went to the agent, who answers through the outbox.
+    """
 
     messages: list[OutMessage]
     language: str | None = Field(default=None, description="fr, de or en")
     upload: UploadOutcome | None = Field(default=None, description="only in answers to the /files endpoint")
+    handoff: Handoff | None = Field(default=None, description="the open helpdesk ticket, if any")
+
+
+class ConversationOutbox(BaseModel):
+    """Messages for one conversation that arrived outside a turn (helpdesk agent, notices)."""
+
+    conversation_id: str
+    language: str | None = None
+    messages: list[OutMessage]
+    handoff: Handoff | None = None
+
+
+class Outbox(BaseModel):
+    """Messages waiting for several conversations (one front end's share, by id prefix)."""
+
+    conversations: list[ConversationOutbox]
 
 
 class MessageIn(BaseModel):
@@ -215,7 +251,8 @@ class Gateway:
                 if custom.get("set_language") in SUPPORTED_LANGUAGES:
                     state.language = custom["set_language"]
                     continue
-                if (custom.get("view") or custom.get("expects")) and out and out[-1].custom is None:
+                merged_keys = ("view", "expects", "end")  # {"end": true}: the goodbye (voice hangs up)
+                if any(custom.get(key) for key in merged_keys) and out and out[-1].custom is None:
                     out[-1].custom = custom  # Rasa sends a response's custom part after its text
                     continue
             buttons = [Button(title=str(b.get("title", "")), payload=str(b.get("payload", "")))
@@ -269,6 +306,7 @@ class Gateway:
         if not reply.messages:  # never leave the user without an answer
             reply.messages.append(OutMessage(text=messages.text("no_answer", state.language)))
         reply.language = state.language
+        reply.handoff = await self.handoff_of(state.conversation_id)
         return reply
 
 
@@ -282,21 +320,33 @@ class Gateway:
             state.language = language
         if payload not in state.offered:
             raise HTTPException(status.HTTP_409_CONFLICT, messages.text("unknown_choice", state.language))
+        held = await self.held_by_agent(state)
+        if held is not None:  # an agent answers: old buttons no longer reach the assistant
+            return Reply(messages=[], language=state.language, handoff=held)
         return await self.turn(state, payload, [])
 
     async def handle_text(self, state: store.ConversationState, raw: str, language: str | None) -> Reply:
         """Run a turn for a user's text (call with the conversation's lock held).
 
         A text that answers a pending secret goes to the vault; a bare number chooses among the
-        latest choices; anything else is redacted, its language settled, and sent to Rasa.
+        latest choices; anything else is redacted, its language settled, and sent to Rasa. While a
+        helpdesk agent holds the conversation, the text goes to the agent instead (redacted; a
+        secret-looking answer is not passed on) and the reply has no message.
         """
-        if state.pending_kind and looks_like_an_answer(raw, state.pending_kind):
+        held = await self.held_by_agent(state)
+        if held is not None:
+            return await self.relay_to_agent(state, raw, held)
+        number = raw.strip().rstrip(".)")
+        is_choice = number.isascii() and number.isdigit() and 1 <= int(number) <= len(state.last_choices)
+        # No secret is one or two digits long: with choices open (e.g. "no e-mail address" under
+        # the e-mail question), such a number is a choice even while a secret is pending.
+        if state.pending_kind and looks_like_an_answer(raw, state.pending_kind) and not (
+                is_choice and len(number) <= 2):
             # A client typed the secret in the open chat: it still goes to the vault, never to Rasa.
             if (language or "").lower() in SUPPORTED_LANGUAGES:
                 state.language = (language or "").lower()
             return await self.answer_protected(state, raw)
-        number = raw.strip().rstrip(".)")
-        if number.isascii() and number.isdigit() and 1 <= int(number) <= len(state.last_choices):
+        if is_choice:
             # "2" answers the latest choices (voice and text-only clients have no buttons)
             if language in SUPPORTED_LANGUAGES:
                 state.language = language
@@ -309,6 +359,45 @@ class Gateway:
             await asyncio.to_thread(store.save, state)
             return reply
         return await self.turn(state, text, ["masked"] if masked else [])
+
+    async def held_by_agent(self, state: store.ConversationState) -> Handoff | None:
+        """Return the conversation's ticket when an agent has claimed it, else None."""
+        handoff = await self.handoff_of(state.conversation_id)
+        return handoff if handoff is not None and handoff.status == "claimed" else None
+
+    @staticmethod
+    async def handoff_of(conversation_id: str) -> Handoff | None:
+        """Return the conversation's open or claimed helpdesk ticket, or None."""
+
+        def find() -> helpdesk.TicketInfo | None:
+            with UnitOfWork() as uow:
+                return helpdesk.active_ticket(uow, conversation_id)
+
+        ticket = await asyncio.to_thread(find)
+        if ticket is None:
+            return None
+        return Handoff(reference=ticket.reference, status=ticket.status, agent=ticket.claimed_by)
+
+    async def relay_to_agent(self, state: store.ConversationState, raw: str, held: Handoff) -> Reply:
+        """Pass the user's text to the agent who holds the conversation (redacted); no assistant reply."""
+        if state.pending_kind and looks_like_an_answer(raw, state.pending_kind):
+            state.pending_kind = None  # a secret typed for an earlier question: neither relayed nor kept
+            await asyncio.to_thread(store.save, state)
+            return Reply(messages=[OutMessage(text=messages.handoff("secret_not_relayed", state.language))],
+                         language=state.language, handoff=held)
+        text, masked = redact.clean(raw)
+        if text.replace(redact.PLACEHOLDER, "").strip():
+
+            def relay() -> None:
+                with UnitOfWork() as uow:
+                    ticket = helpdesk.active_ticket(uow, state.conversation_id)
+                    if ticket is not None:
+                        helpdesk.relay_user_message(uow, ticket.id, text)
+                    uow.commit()
+
+            await asyncio.to_thread(relay)
+        notes = [OutMessage(text=messages.text("masked", state.language))] if masked else []
+        return Reply(messages=notes, language=state.language, handoff=held)
 
     async def render_views(self, state: store.ConversationState, reply: Reply, had_choices: bool) -> None:
         """Fill in the views of the reply (names, titles, files) and offer their buttons."""
@@ -387,6 +476,7 @@ app = FastAPI(title="MyDSP Assistant gateway", version="1.0.0", lifespan=lifespa
               description="The one front door of every channel of MyDSP Assistant.")
 app.include_router(web.router)
 app.include_router(viewer.router)
+app.include_router(console.router)  # helpdesk console, /helpdesk
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -494,6 +584,11 @@ async def post_file(conversation_id: ConversationId, request: Request) -> Reply:
     limit = upload_limit_bytes()
     async with gateway.locks.hold(conversation_id):
         state = await asyncio.to_thread(store.load, conversation_id)
+        held = await gateway.held_by_agent(state)
+        if held is not None:
+            return Reply(messages=[OutMessage(text=messages.handoff("file_not_relayed", state.language))],
+                         language=state.language, handoff=held, upload=UploadOutcome(accepted=False,
+                                                                                     error="handoff_active"))
         declared = request.headers.get("content-length", "")
         error: str | None = None
         staged: documents.StagedFile | None = None
@@ -584,6 +679,83 @@ async def get_image(conversation_id: ConversationId, token: Annotated[str, Path(
                     headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
 
+# --------------------------------------------------------------------------- helpdesk outbox
+#: Longest wait of a long-poll on the outbox, in seconds.
+OUTBOX_MAX_WAIT_S = 25.0
+#: How often a long-poll looks at the database, in seconds.
+OUTBOX_POLL_S = 0.5
+OutboxPrefix = Annotated[str, Query(pattern=r"^[A-Za-z0-9_.:-]{2,32}$",
+                                    description='conversation id prefix of the front end, e.g. "tg-"')]
+Wait = Annotated[float, Query(ge=0, le=OUTBOX_MAX_WAIT_S, description="seconds to wait for a message (long-poll)")]
+
+
+def render_delivery(delivery: helpdesk.Delivery, language: str | None, reference: str) -> OutMessage:
+    """Turn a helpdesk delivery into a message in the user's language."""
+    agent = delivery.agent_name or "Helpdesk"
+    return OutMessage(text=messages.handoff(delivery.kind, language, agent=agent, reference=reference,
+                                            text=delivery.text or ""))
+
+
+def take_deliveries(conversation_id: str | None, prefix: str | None) -> dict[str, list[OutMessage]]:
+    """Return the undelivered helpdesk messages by conversation, marked delivered (worker thread)."""
+    with UnitOfWork() as uow:
+        pending = helpdesk.pending_deliveries(uow, conversation_id=conversation_id, prefix=prefix)
+        if not pending:
+            return {}
+        helpdesk.mark_delivered(uow, [delivery.id for delivery in pending])
+        references = {}
+        for delivery in pending:
+            if delivery.ticket_id not in references:
+                ticket = helpdesk.ticket_info(uow, delivery.ticket_id)
+                references[delivery.ticket_id] = ticket.reference if ticket else ""
+        uow.commit()
+    out: dict[str, list[OutMessage]] = {}
+    for delivery in pending:
+        language = store.load(delivery.conversation_id).language
+        out.setdefault(delivery.conversation_id, []).append(
+            render_delivery(delivery, language, references[delivery.ticket_id]))
+    return out
+
+
+async def wait_for_deliveries(conversation_id: str | None, prefix: str | None,
+                              wait_s: float) -> dict[str, list[OutMessage]]:
+    """Long-poll: return the deliveries as soon as there are some, or {} after `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = await asyncio.to_thread(take_deliveries, conversation_id, prefix)
+        if found or time.monotonic() >= deadline:
+            return found
+        await asyncio.sleep(min(OUTBOX_POLL_S, max(0.0, deadline - time.monotonic())))
+
+
+@app.get("/v1/conversations/{conversation_id}/outbox", response_model=Reply, dependencies=[Depends(require_key)])
+async def get_outbox(conversation_id: ConversationId, request: Request, wait: Wait = 0) -> Reply:
+    """Messages that reached the conversation between turns (helpdesk agent), each returned once.
+
+    They are: a helpdesk agent taking the request, the agent's replies, the agent closing it (the
+    assistant then answers again). With `wait`, the call returns as soon as one arrives (long-poll).
+    """
+    found = await wait_for_deliveries(conversation_id, None, wait)
+    state = await asyncio.to_thread(store.load, conversation_id)
+    return Reply(messages=found.get(conversation_id, []), language=state.language,
+                 handoff=await gateway_of(request).handoff_of(conversation_id))
+
+
+@app.get("/v1/outbox", response_model=Outbox, dependencies=[Depends(require_key)])
+async def get_outboxes(prefix: OutboxPrefix, wait: Wait = 0) -> Outbox:
+    """The outbox of every conversation whose id starts with `prefix`, each message returned once.
+
+    One call serves a whole front end (e.g. the Telegram bot with "tg-"); long-poll with `wait`.
+    """
+    found = await wait_for_deliveries(None, prefix, wait)
+    out = []
+    for conversation_id, items in found.items():
+        state = await asyncio.to_thread(store.load, conversation_id)
+        out.append(ConversationOutbox(conversation_id=conversation_id, language=state.language, messages=items,
+                                      handoff=await Gateway.handoff_of(conversation_id)))
+    return Outbox(conversations=out)
+
+
 @app.get("/health")
 async def health(request: Request) -> JSONResponse:
     """Return 200 only when Rasa has a model loaded and the action server answers."""
@@ -605,3 +777,161 @@ async def health(request: Request) -> JSONResponse:
     healthy = all(checks.values())
     return JSONResponse({"status": "ok" if healthy else "unavailable", **checks},
                         status_code=200 if healthy else 503)
+
+
+# --------------------------------------------------------------------------- voice front ends
+#: What a spoken command sends to Rasa, per language (Rasa's NLU knows these words).
+VOICE_TO_RASA = {
+    "cancel": {"fr": "annuler", "de": "abbrechen", "en": "cancel"},
+    "help": {"fr": "aide", "de": "Hilfe", "en": "help"},
+    "helpdesk": {"fr": "je voudrais parler à un conseiller du helpdesk",
+                 "de": "Ich möchte mit einem Berater vom Helpdesk sprechen",
+                 "en": "I would like to talk to a real person at the helpdesk"},
+}
+#: Offered payloads that a spoken yes / no chooses.
+VOICE_ANSWERS = {"yes": ("/affirm", "/accept_terms"), "no": ("/deny", "/refuse_terms")}
+
+
+class VoiceIn(BaseModel):
+    """One spoken turn: what the front end's speech recognition heard ("" for silence)."""
+
+    text: str = Field(default="", max_length=2_000, description="the transcribed utterance; empty: silence")
+    language: str | None = Field(default=None, description="fr, de or en; else kept or detected")
+
+
+class VoiceReply(BaseModel):
+    """What to say, as plain text and as SSML, and how to handle the next utterance.
+
+    When `protected_input` is set the next utterance is a secret: switch off transcript logging;
+    the gateway puts it in the vault (never in Rasa). When `end` is true, say the text and hang up.
+    """
+
+    text: str = Field(description="plain text for any speech engine: no emoji, Markdown or URL")
+    ssml: str = Field(description="the same as an SSML 1.1 <speak> document")
+    protected_input: ProtectedInput | None = None
+    end: bool = Field(default=False, description="the conversation is over: hang up after speaking")
+    language: str | None = Field(default=None, description="fr, de or en")
+    handoff: Handoff | None = Field(default=None, description="the open helpdesk ticket, if any")
+
+
+def voice_language(state: store.ConversationState) -> str:
+    """Return the conversation's language for speech (the default before one is known)."""
+    return state.language if state.language in SUPPORTED_LANGUAGES else get_settings().default_language
+
+
+async def voice_say(state: store.ConversationState, segments: list[voice.Segment], *, end: bool = False,
+                    remember: bool = True, handoff: Handoff | None = None) -> VoiceReply:
+    """Save the voice memory and return `segments` as a VoiceReply (the pending secret still pending)."""
+    language = voice_language(state)
+    if remember:
+        state.voice["said"] = [[s.kind, s.value, s.lang] for s in segments]
+    await asyncio.to_thread(store.save, state)
+    speech = voice.speech_of(segments, language)
+    pending = ProtectedInput(kind=state.pending_kind) if state.pending_kind else None
+    return VoiceReply(text=speech.text, ssml=speech.ssml, protected_input=pending, end=end, language=language,
+                      handoff=handoff)
+
+
+def voice_said(state: store.ConversationState) -> list[voice.Segment]:
+    """Return the last reply spoken in the conversation (empty before the first)."""
+    return [voice.Segment(*item) for item in state.voice.get("said") or []]
+
+
+async def voice_reply(state: store.ConversationState, reply: Reply) -> VoiceReply:
+    """Speak a gateway reply: render it, remember its options, and say it."""
+    language = voice_language(state)
+    rendered = voice.render([m.model_dump() for m in reply.messages], language, state.last_choices)
+    segments = rendered.segments
+    if not segments:  # an agent holds the conversation: the message went to them
+        segments = voice.say([voice.localized("relayed", language)], language)
+    if rendered.labels:
+        state.voice.update(options=rendered.labels, page=0)
+    return await voice_say(state, segments, end=rendered.end, handoff=reply.handoff)
+
+
+async def voice_turn(gateway: Gateway, state: store.ConversationState, heard: str,
+                     language: str | None) -> VoiceReply:
+    """Run one spoken turn (the conversation's lock held); see `post_voice`."""
+    heard = " ".join(heard.split())
+    if await gateway.held_by_agent(state) is not None:
+        if not heard:
+            return await voice_say(state, [], remember=False)
+        return await voice_reply(state, await gateway.handle_text(state, heard, language))
+    if not heard:  # silence: the question again, then the helpdesk, then goodbye
+        silences = int(state.voice.get("silences") or 0) + 1
+        state.voice["silences"] = silences
+        lang = voice_language(state)
+        if silences >= voice.MAX_SILENCES:
+            state.voice["silences"] = 0
+            return await voice_say(state, voice.say([voice.localized("silence_end", lang)], lang), end=True,
+                                   remember=False)
+        if silences == 2:
+            offer = voice.localized("silence_helpdesk", lang, phone=voice.HELPDESK_PHONE)
+            return await voice_say(state, voice.say([offer], lang))
+        heard_nothing = voice.say([voice.localized("nothing_heard", lang)], lang)
+        said = voice_said(state) or voice.say([voice.localized("nothing_to_repeat", lang)], lang)
+        return await voice_say(state, voice.join(heard_nothing, said), remember=False)
+    state.voice["silences"] = 0
+    command = voice.command_of(heard)
+    name = command[0] if command else None
+    if command and state.language is None:
+        state.language = command[1]
+    lang = voice_language(state)
+    options: list[str] = list(state.voice.get("options") or [])
+    page = int(state.voice.get("page") or 0)
+    if name == "repeat":
+        said = voice_said(state) or voice.say([voice.localized("nothing_to_repeat", lang)], lang)
+        return await voice_say(state, said)
+    if name == "next" or (name == "back" and page > 0):
+        page = page + voice.PAGE_SIZE if name == "next" else max(0, page - voice.PAGE_SIZE)
+        if options and page < len(options):
+            state.voice["page"] = page
+        return await voice_say(state, voice.describe_page(options, lang, page))
+    count = len(state.last_choices)
+    number = voice.choice_of(heard, count) if count and name is None else None
+    if number is not None:
+        if number > count:
+            wrong = voice.say([voice.localized("choice_range", lang, count=count)], lang)
+            return await voice_say(state, voice.join(wrong, voice.describe_page(options, lang, page)))
+        return await voice_reply(state, await gateway.handle_text(state, str(number), language))
+    if name in VOICE_ANSWERS:
+        payload = next((p for p in state.last_choices if p in VOICE_ANSWERS[name]), None)
+        if payload is not None:
+            return await voice_reply(state, await gateway.handle_payload(state, payload, language))
+    if name in ("cancel", "help", "helpdesk", "back"):
+        words = VOICE_TO_RASA["cancel" if name == "back" else name]
+        return await voice_reply(state, await gateway.handle_text(state, words[lang], language))
+    if state.pending_kind:  # a secret: to the vault exactly as through /protected, never to Rasa
+        if (language or "").lower() in SUPPORTED_LANGUAGES:
+            state.language = (language or "").lower()
+        value = voice.normalise_protected(heard, state.pending_kind)
+        return await voice_reply(state, await gateway.answer_protected(state, value))
+    return await voice_reply(state, await gateway.handle_text(state, voice.digits_in_text(heard), language))
+
+
+@app.post("/v1/voice/{conversation_id}", response_model=VoiceReply, dependencies=[Depends(require_key)])
+async def post_voice(conversation_id: ConversationId, body: VoiceIn, request: Request) -> Any:
+    """One turn of a voice front end: what was heard in, what to say (text and SSML) out.
+
+    The front end does speech recognition and synthesis. Spoken choices ("deux", "option 2", "le
+    deuxième"), yes / no, "répète" / "noch einmal" / "repeat", "suivant" (more options), "retour",
+    "aide", "annuler" and "un conseiller" are understood in French, German and English. While
+    `protected_input` is set, the utterance is a secret: spoken digits, codes and e-mail addresses
+    are normalised and the value goes to the vault exactly as through /protected. An empty text is
+    a silence: the question is repeated, then the helpdesk offered, then the call ends. Errors
+    are spoken too (same body, with the error's status code).
+    """
+    gateway = gateway_of(request)
+    async with gateway.locks.hold(conversation_id):
+        state = await asyncio.to_thread(store.load, conversation_id)
+        requested = (body.language or "").strip().lower()
+        if requested in SUPPORTED_LANGUAGES:
+            state.language = requested
+        try:
+            return await voice_turn(gateway, state, body.text, requested or None)
+        except HTTPException as exc:
+            lang = voice_language(state)
+            speech = voice.speech_of(voice.say([str(exc.detail)], lang), lang)
+            pending = ProtectedInput(kind=state.pending_kind) if state.pending_kind else None
+            content = VoiceReply(text=speech.text, ssml=speech.ssml, protected_input=pending, language=lang)
+            return JSONResponse(content.model_dump(), status_code=exc.status_code)

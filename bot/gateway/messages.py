@@ -111,6 +111,37 @@ IMAGING: dict[str, dict[str, str]] = {
                           "conversation."},
 }
 
+#: Handoff notices (issue 6): what the user reads when an agent takes, answers or closes a ticket.
+HANDOFF: dict[str, dict[str, str]] = {
+    "claimed": {"fr": "{agent}, du helpdesk, s'occupe de votre demande {reference}. Écrivez ici : vos messages "
+                      "lui sont transmis directement.",
+                "de": "{agent} vom Helpdesk kümmert sich um Ihr Anliegen {reference}. Schreiben Sie hier: Ihre "
+                      "Nachrichten gehen direkt an sie oder ihn.",
+                "en": "{agent} from the helpdesk is handling your request {reference}. Write here: your messages "
+                      "go straight to them."},
+    "agent_reply": {"fr": "{agent} (helpdesk) : {text}", "de": "{agent} (Helpdesk): {text}",
+                    "en": "{agent} (helpdesk): {text}"},
+    "closed": {"fr": "{agent} a clôturé votre demande {reference}. C'est de nouveau moi, l'assistant : "
+                     "que puis-je faire pour vous ?",
+               "de": "{agent} hat Ihr Anliegen {reference} abgeschlossen. Jetzt bin wieder ich, der Assistent, "
+                     "für Sie da: Was kann ich für Sie tun?",
+               "en": "{agent} has closed your request {reference}. It is me, the assistant, again: "
+                     "what can I do for you?"},
+    "secret_not_relayed": {"fr": "Un agent du helpdesk lit cette conversation : n'écrivez ici ni mot de passe, "
+                                 "ni code. Ce message ne lui a pas été transmis.",
+                           "de": "Eine Person vom Helpdesk liest dieses Gespräch: Schreiben Sie hier weder "
+                                 "Passwort noch Code. Diese Nachricht wurde nicht weitergegeben.",
+                           "en": "A helpdesk agent reads this conversation: do not write a password or a code "
+                                 "here. This message was not passed on."},
+    "file_not_relayed": {"fr": "Un agent du helpdesk s'occupe de votre demande : les fichiers ne lui sont pas "
+                               "transmis par ce chat. Écrivez-lui ce dont vous avez besoin.",
+                         "de": "Der Helpdesk bearbeitet Ihr Anliegen: Dateien werden über diesen Chat nicht "
+                               "weitergegeben. Schreiben Sie, was Sie brauchen.",
+                         "en": "A helpdesk agent is handling your request: files are not passed on through this "
+                               "chat. Write what you need."},
+}
+
+
 #: Labels of the document types a patient may add (the app's French label first).
 DOCUMENT_TYPES: dict[str, dict[str, str]] = {
     "holder_expression": {"fr": "Expression du titulaire", "de": "Expression du titulaire",
@@ -151,4 +182,10 @@ def modality(code: str, language: str | None) -> str:
 def imaging(key: str, language: str | None, **values: object) -> str:
     """Return an imaging template filled with `values`."""
     variants = IMAGING[key]
+    return variants.get(language or "fr", variants["fr"]).format(**values)
+
+
+def handoff(key: str, language: str | None, **values: object) -> str:
+    """Return a handoff notice (`HANDOFF`) filled with `values` (agent, reference, text)."""
+    variants = HANDOFF[key]
     return variants.get(language or "fr", variants["fr"]).format(**values)

@@ -21,15 +21,16 @@ _URL_TOKEN = re.compile(r"https?://\S+")
 PLACEHOLDER = "***"
 
 
-def clean(text: str) -> tuple[str, bool]:
+def clean(text: str, limit: int = MAX_TEXT_CHARS) -> tuple[str, bool]:
     """Return (text safe for Rasa, whether something was masked).
 
     Args:
         text: raw user text.
+        limit: longest text returned (the helpdesk keeps longer messages).
 
     Returns:
         The text with control characters removed, leading slashes stripped (no `/intent{...}`
-        injection), secrets masked, truncated to MAX_TEXT_CHARS; and True when a secret-like
+        injection), secrets masked, truncated to `limit`; and True when a secret-like
         value was masked.
     """
     text = "".join(ch if ch.isprintable() or ch in "\n\t" else " " for ch in text)
@@ -38,4 +39,4 @@ def clean(text: str) -> tuple[str, bool]:
     for pattern in (_URL_TOKEN, _EMAIL, _DIGITS, _CODE):
         text, count = pattern.subn(PLACEHOLDER, text)
         masked = masked or count > 0
-    return text[:MAX_TEXT_CHARS], masked
+    return text[:limit], masked

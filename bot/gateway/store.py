@@ -1,7 +1,8 @@
 """Per-conversation state of the gateway, kept in the database (never in one process's memory).
 
 What the gateway remembers of a conversation: its language, the protected input it waits for,
-and the button payloads it offered (only those are accepted back).
+the button payloads it offered (only those are accepted back), and for voice calls what the voice
+endpoint needs between turns.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import DateTime, String, Text, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -46,6 +48,9 @@ class ConversationState:
         offered: payloads offered in this conversation, oldest first.
         last_choices: payloads of the latest reply that offered choices, in their order (a typed
             "2" chooses the second one).
+        voice: what the voice endpoint remembers between turns (``bot.gateway.voice``): the last
+            reply spoken (``said``: {"text", "ssml"}), the options' labels (``options``), the first
+            option read (``page``) and the consecutive silences (``silences``). Empty for other clients.
     """
 
     conversation_id: str
@@ -53,6 +58,7 @@ class ConversationState:
     pending_kind: str | None = None
     offered: list[str] = field(default_factory=list)
     last_choices: list[str] = field(default_factory=list)
+    voice: dict[str, Any] = field(default_factory=dict)
 
     def offer(self, payloads: list[str]) -> None:
         """Remember newly offered payloads (bounded to MAX_OFFERED, newest kept)."""
@@ -79,7 +85,8 @@ def load(conversation_id: str) -> ConversationState:
         stored = json.loads(row.offered_json)
         if isinstance(stored, list):  # written before `last_choices` existed
             stored = {"offered": stored, "last": []}
-        return ConversationState(conversation_id, row.language, row.pending_kind, stored["offered"], stored["last"])
+        return ConversationState(conversation_id, row.language, row.pending_kind, stored["offered"], stored["last"],
+                                 stored.get("voice") or {})  # rows written before voice have none
 
 
 def save(state: ConversationState) -> None:
@@ -91,5 +98,8 @@ def save(state: ConversationState) -> None:
             session.add(row)
         row.language = state.language
         row.pending_kind = state.pending_kind
-        row.offered_json = json.dumps({"offered": state.offered, "last": state.last_choices})
+        stored: dict[str, Any] = {"offered": state.offered, "last": state.last_choices}
+        if state.voice:
+            stored["voice"] = state.voice
+        row.offered_json = json.dumps(stored)
         row.updated_at = datetime.now(UTC)

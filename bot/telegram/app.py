@@ -2,6 +2,8 @@
 
 - Updates of one chat are processed one at a time, in order; different chats run concurrently
   (`ChatOrderedUpdateProcessor`); an update delivered twice (webhook redelivery) is processed once.
+- The gateway's outbox (a helpdesk agent's messages between turns) is delivered by a background task
+  (`bot/telegram/outbox.py`) started in post_init and stopped in post_stop, in both modes.
 - Flood limits: `SafeRetryRateLimiter` is PTB's AIORateLimiter (RetryAfter honoured, requests retried
   after the wait) that also retries network errors, but only where that cannot do an action twice.
 - Logging: the httpx logger at WARNING, PTB's at INFO at most (its DEBUG lines hold whole updates), and
@@ -15,7 +17,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -26,6 +28,7 @@ from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, BaseUp
 
 from bot.telegram import handlers
 from bot.telegram.gateway import GatewayClient
+from bot.telegram.outbox import start_outbox, stop_outbox
 from bot.telegram.settings import SUPPORTED_LANGUAGES, TelegramSettings
 from bot.telegram.texts import COMMANDS
 
@@ -81,6 +84,10 @@ class ChatOrderedUpdateProcessor(BaseUpdateProcessor):
                 self._remember_id(self._finished, update_id)
                 logger.info("update %s (%s) handled in %.0f ms", update_id, kind_of(update),
                             (time.monotonic() - started) * 1000)
+
+    def chat_lock(self, chat_id: int) -> AbstractAsyncContextManager[None]:
+        """Return the chat's lock (FIFO): what else writes to the chat (the outbox) takes it too."""
+        return self._chat_lock(chat_id)
 
     def finished(self, update_id: int) -> bool:
         """Return True once the update's handlers have run (for tests and the benchmark)."""
@@ -232,8 +239,15 @@ async def register_commands(application: Application) -> None:  # type: ignore[t
         [BotCommand(name, description) for name, description in COMMANDS[settings.default_language]])
 
 
+async def on_init(application: Application) -> None:  # type: ignore[type-arg]
+    """post_init: register the command menu, start delivering the outbox."""
+    await register_commands(application)
+    await start_outbox(application)
+
+
 async def close_gateway(application: Application) -> None:  # type: ignore[type-arg]
-    """Close the gateway client's connections."""
+    """post_shutdown: stop the outbox if still running, close the gateway client's connections."""
+    await stop_outbox(application)
     await application.bot_data["gateway"].aclose()
 
 
@@ -257,7 +271,8 @@ def build_application(settings: TelegramSettings, gateway: GatewayClient | None 
         .rate_limiter(SafeRetryRateLimiter())
         .concurrent_updates(ChatOrderedUpdateProcessor(max_concurrent_updates))
         .connection_pool_size(128)
-        .post_init(register_commands)
+        .post_init(on_init)
+        .post_stop(stop_outbox)
         .post_shutdown(close_gateway)
         .build()
     )

@@ -2,7 +2,8 @@
 
 Retries never repeat an action: a POST is sent again only when it never left (connection refused,
 connect or pool timeout); a GET of a download or image is idempotent and is retried on any
-transport error. Nothing here logs a message text, a secret or a file's content.
+transport error. The outbox long-poll (`outbox`) is never retried here: its caller polls again.
+Nothing here logs a message text, a secret or a file's content.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ logger = logging.getLogger("bot.telegram.gateway")
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 #: Reply paths the bot fetches with its bearer key (never another host).
 FETCHABLE_PREFIX = "/v1/conversations/"
+#: Seconds the HTTP client waits beyond the long-poll's own wait before giving up.
+OUTBOX_GRACE_S = 15.0
 
 
 class GatewayUnavailable(Exception):
@@ -35,12 +38,29 @@ class Reply:
         language: the conversation's language after the turn (fr, de, en) when the gateway said it.
         status: HTTP status (200, or 409 / 413 / 422 with messages that explain the refusal).
         upload: for a file, what happened to it (accepted, error, format, size_bytes).
+        handoff: the conversation's open helpdesk ticket, `{"reference", "status", "agent"}`, or None.
+            While its status is "claimed" an agent answers: `messages` of a turn is then empty (the text
+            went to the agent) and the agent's messages come through the outbox.
     """
 
     messages: list[dict[str, Any]] = field(default_factory=list)
     language: str | None = None
     status: int = 200
     upload: dict[str, Any] | None = None
+    handoff: dict[str, Any] | None = None
+
+
+@dataclass
+class OutboxItem:
+    """Messages for one conversation that arrived between turns (a helpdesk agent's, or notices).
+
+    Attributes:
+        conversation_id: the gateway conversation ("tg-<chat_id>" for the bot's chats).
+        reply: its messages, language and handoff, in the shape of a turn's reply (status 200).
+    """
+
+    conversation_id: str
+    reply: Reply
 
 
 class GatewayClient:
@@ -114,6 +134,41 @@ class GatewayClient:
             return response.content
         raise GatewayUnavailable("unreachable")  # pragma: no cover - the loop returns or raises
 
+    async def outbox(self, prefix: str = "tg-", wait_s: float = 20.0) -> list[OutboxItem]:
+        """Long-poll `GET /v1/outbox?prefix=&wait=`: the waiting messages of every conversation of the prefix.
+
+        The gateway answers as soon as there is one (or with none after `wait_s` seconds) and returns
+        each message once: the caller must deliver them, it will not get them again. Not retried here.
+
+        Returns:
+            One item per conversation that has messages, in the gateway's order (may be empty).
+
+        Raises:
+            GatewayUnavailable: not reached, timed out, refused the key, or answered something else
+                than 200 with `{"conversations": [...]}`.
+        """
+        try:
+            response = await self._client.get("/v1/outbox", params={"prefix": prefix, "wait": wait_s},
+                                              timeout=httpx.Timeout(wait_s + OUTBOX_GRACE_S, connect=5.0))
+        except httpx.HTTPError as exc:
+            raise GatewayUnavailable(type(exc).__name__) from None
+        if response.status_code in (401, 403):
+            logger.error("the gateway refused the bot's key (%s): check GATEWAY_API_KEY", response.status_code)
+            raise GatewayUnavailable("key refused")
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        conversations = body.get("conversations") if isinstance(body, dict) else None
+        if response.status_code != 200 or not isinstance(conversations, list):
+            raise GatewayUnavailable(f"outbox answered {response.status_code}")
+        items = []
+        for entry in conversations:
+            if not isinstance(entry, dict) or not isinstance(entry.get("conversation_id"), str):
+                continue
+            items.append(OutboxItem(entry["conversation_id"], self._parse(entry, 200)))
+        return items
+
     async def _post(self, path: str, **kwargs: Any) -> Reply:
         for attempt in range(self.connect_retries + 1):
             try:
@@ -144,8 +199,15 @@ class GatewayClient:
         if response.status_code >= 500 or not isinstance(messages, list):
             logger.error("gateway answered %s", response.status_code)
             raise GatewayUnavailable(f"status {response.status_code}")
+        return GatewayClient._parse(body, response.status_code)
+
+    @staticmethod
+    def _parse(body: dict[str, Any], status: int) -> Reply:
+        """Return the Reply of a body of the contract (messages, language, upload, handoff)."""
         language = body.get("language")
         upload = body.get("upload")
-        return Reply(messages=[m for m in messages if isinstance(m, dict)],
+        handoff = body.get("handoff")
+        return Reply(messages=[m for m in body.get("messages") or [] if isinstance(m, dict)],
                      language=language if isinstance(language, str) else None,
-                     status=response.status_code, upload=upload if isinstance(upload, dict) else None)
+                     status=status, upload=upload if isinstance(upload, dict) else None,
+                     handoff=handoff if isinstance(handoff, dict) else None)

@@ -138,6 +138,15 @@ async def chat_action(context: ContextTypes.DEFAULT_TYPE, chat_id: int, action: 
         logger.debug("chat action failed: %s", type(exc).__name__)
 
 
+def typing(context: ContextTypes.DEFAULT_TYPE, chat_id: int) -> list[Awaitable[None]]:
+    """Return the "typing…" side task of a turn; none while a helpdesk agent holds the conversation.
+
+    The assistant is then silent (the text goes to the agent, the reply has no message): a "typing…"
+    would promise an answer that does not come.
+    """
+    return [] if state_of(context).held_by_agent else [chat_action(context, chat_id, ChatAction.TYPING)]
+
+
 async def exchange(update: Update, context: ContextTypes.DEFAULT_TYPE, request: Awaitable[Reply],
                    *side: Awaitable[Any]) -> Reply | None:
     """Run one gateway request while the side tasks (typing, deletion, …) run, then render the reply."""
@@ -157,21 +166,37 @@ async def exchange(update: Update, context: ContextTypes.DEFAULT_TYPE, request: 
 
 
 async def render(update: Update, context: ContextTypes.DEFAULT_TYPE, chat_id: int, reply: Reply | None) -> None:
-    """Show the gateway's messages natively: text, inline keyboards, photos, documents.
-
-    The chat's state follows the reply: the protected input asked (the next text goes to /protected),
-    whether a file is expected, the conversation's language.
-    """
-    state = state_of(context)
+    """Show the gateway's answer to a turn (see `render_reply`); None (gateway down) says "unavailable"."""
     if reply is None:
         await send_text(context, chat_id, text("unavailable", language_of(update, context)))
         return
+    user = update.effective_user
+    await render_reply(context, chat_id, reply, telegram_language(
+        user.language_code if user else None, settings_of(context).default_language))
+
+
+async def render_reply(context: ContextTypes.DEFAULT_TYPE, chat_id: int, reply: Reply, fallback_language: str) -> None:
+    """Show the gateway's messages natively: text, inline keyboards, photos, documents.
+
+    Used for the replies to turns and for the outbox (a helpdesk agent's messages). The chat's state
+    follows the reply: the protected input asked (the next text goes to /protected), whether a file
+    is expected, the conversation's language, the helpdesk ticket. No message (the text went to the
+    helpdesk agent who holds the conversation) sends nothing.
+
+    Args:
+        context: a context of the chat (its `chat_data` holds the ChatState).
+        chat_id: the Telegram chat.
+        reply: the gateway's reply (status 200: a turn ran or the outbox delivered).
+        fallback_language: the bot's own words' language when neither chosen nor known from the gateway.
+    """
+    state = state_of(context)
     if reply.language in SUPPORTED_LANGUAGES:
         state.language = reply.language
     if reply.status == 200:  # a turn ran: what it asks replaces what was asked before
         state.pending_kind = None
         state.expects_file = False
-    language = language_of(update, context)
+        state.handoff = str((reply.handoff or {}).get("status") or "") or None
+    language = state.pinned_language or state.language or fallback_language
     for message in reply.messages:
         kind = (message.get("protected_input") or {}).get("kind")
         expects_file = (message.get("custom") or {}).get("expects") == "file"
@@ -244,7 +269,7 @@ async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         language = language_of(update, context)
         await exchange(update, context, gateway_of(context).send_text(
             conversation_of(update, context), DEEP_LINKS[task][language], language),
-            chat_action(context, update.effective_chat.id, ChatAction.TYPING))  # type: ignore[union-attr]
+            *typing(context, update.effective_chat.id))  # type: ignore[union-attr]
 
 
 async def on_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -295,7 +320,7 @@ async def say_command(update: Update, context: ContextTypes.DEFAULT_TYPE, comman
     assert update.effective_chat is not None
     await exchange(update, context, gateway_of(context).send_text(
         conversation_of(update, context), COMMAND_UTTERANCES[command][language], language),
-        chat_action(context, update.effective_chat.id, ChatAction.TYPING))
+        *typing(context, update.effective_chat.id))
 
 
 async def on_unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -315,7 +340,7 @@ async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     await exchange(update, context, gateway_of(context).send_text(
         conversation_of(update, context), message.text, turn_language(update, context, message.text)),
-        chat_action(context, update.effective_chat.id, ChatAction.TYPING))
+        *typing(context, update.effective_chat.id))
 
 
 async def answer_privately(update: Update, context: ContextTypes.DEFAULT_TYPE, message: Message) -> None:
@@ -422,7 +447,7 @@ async def on_choice(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
     await exchange(update, context, gateway_of(context).choose(
         conversation_of(update, context), offer.payloads[index], state.pinned_language),
-        show_choice(), chat_action(context, update.effective_chat.id, ChatAction.TYPING))
+        show_choice(), *typing(context, update.effective_chat.id))
 
 
 async def on_stale_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

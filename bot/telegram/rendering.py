@@ -76,6 +76,8 @@ class ChatState:
         pinned_language: the language chosen with /language, sent with every turn.
         pending_kind: the protected input the assistant asked for; the next text goes to /protected.
         expects_file: the assistant asked for a file.
+        handoff: status of the conversation's helpdesk ticket as the gateway last said it ("open",
+            "claimed": an agent answers and the assistant is silent), None without a ticket.
         offers: open keyboards by nonce, newest last.
     """
 
@@ -83,7 +85,13 @@ class ChatState:
     pinned_language: str | None = None
     pending_kind: str | None = None
     expects_file: bool = False
+    handoff: str | None = None
     offers: OrderedDict[str, Offer] = field(default_factory=OrderedDict)
+
+    @property
+    def held_by_agent(self) -> bool:
+        """True while a helpdesk agent holds the conversation (the assistant does not answer)."""
+        return self.handoff == "claimed"
 
     def offer(self, buttons: list[dict[str, Any]], text: str | None) -> tuple[str, Offer, InlineKeyboardMarkup]:
         """Remember the buttons of a message about to be sent; return its nonce, offer and keyboard."""
