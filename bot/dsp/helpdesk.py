@@ -791,6 +791,31 @@ def view_ticket(uow: UnitOfWork, agent_id: int, ticket_id: int) -> TicketView:
                       guide=tuple(guide_steps(info.category, info.language)))
 
 
+def _compare_and_set(uow: UnitOfWork, ticket: Ticket, holder_id: int | None, **values: object) -> bool:
+    """Change a ticket only if it is still as read (status and holder).
+
+    Two agents racing for one ticket (or a claim racing a close) cannot both win. Returns False
+    when another change came first (the ticket is then re-read).
+    """
+    statement = (update(Ticket).where(Ticket.id == ticket.id, Ticket.status == ticket.status)
+                 .values(**values).execution_options(synchronize_session=False))
+    if holder_id is None:
+        statement = statement.where(Ticket.claimed_by_agent_id.is_(None))
+    else:
+        statement = statement.where(Ticket.claimed_by_agent_id == holder_id)
+    changed = uow.session.execute(statement).rowcount == 1
+    uow.session.refresh(ticket)
+    return changed
+
+
+def _lost_race(uow: UnitOfWork, agent: HelpdeskAgent, action: str, ticket: Ticket) -> NoReturn:
+    """Refuse an action that another agent's change overtook (closed, or claimed by someone else)."""
+    if ticket.status == "closed":
+        _refuse(uow, agent, action, ticket, HelpdeskError("ticket_closed"))
+    holder = _agent_names(uow, {ticket.claimed_by_agent_id or 0}).get(ticket.claimed_by_agent_id or 0, "?")
+    _refuse(uow, agent, action, ticket, HelpdeskError("ticket_already_claimed", agent=holder))
+
+
 def claim(uow: UnitOfWork, agent_id: int, ticket_id: int) -> TicketInfo:
     """Take a ticket: the agent now talks with the user, who is told so (a ``claimed`` delivery).
 
@@ -811,7 +836,8 @@ def claim(uow: UnitOfWork, agent_id: int, ticket_id: int) -> TicketInfo:
         holder = _agent_names(uow, {ticket.claimed_by_agent_id or 0}).get(ticket.claimed_by_agent_id or 0, "?")
         _refuse(uow, agent, action, ticket, HelpdeskError("ticket_already_claimed", agent=holder))
     now = clock.now()
-    ticket.status, ticket.claimed_by_agent_id, ticket.claimed_at = "claimed", agent.id, now
+    if not _compare_and_set(uow, ticket, None, status="claimed", claimed_by_agent_id=agent.id, claimed_at=now):
+        _lost_race(uow, agent, action, ticket)
     uow.session.add(TicketMessage(ticket_id=ticket.id, author="system", notice="claimed", agent_id=agent.id,
                                   created_at=now))
     _audit_ticket(uow, _agent_actor(agent.id), action, "ok", ticket)
@@ -881,7 +907,9 @@ def close(uow: UnitOfWork, agent_id: int, ticket_id: int) -> TicketInfo:
         holder = _agent_names(uow, {ticket.claimed_by_agent_id or 0}).get(ticket.claimed_by_agent_id or 0, "?")
         _refuse(uow, agent, action, ticket, HelpdeskError("ticket_already_claimed", agent=holder))
     now = clock.now()
-    ticket.status, ticket.closed_at, ticket.closed_by_agent_id = "closed", now, agent.id
+    if not _compare_and_set(uow, ticket, ticket.claimed_by_agent_id, status="closed", closed_at=now,
+                            closed_by_agent_id=agent.id):
+        _lost_race(uow, agent, action, ticket)
     uow.session.add(TicketMessage(ticket_id=ticket.id, author="system", notice="closed", agent_id=agent.id,
                                   created_at=now))
     _audit_ticket(uow, _agent_actor(agent.id), action, "ok", ticket)

@@ -380,8 +380,10 @@ class Gateway:
 
     async def relay_to_agent(self, state: store.ConversationState, raw: str, held: Handoff) -> Reply:
         """Pass the user's text to the agent who holds the conversation (redacted); no assistant reply."""
-        if state.pending_kind and looks_like_an_answer(raw, state.pending_kind):
-            state.pending_kind = None  # a secret typed for an earlier question: neither relayed nor kept
+        if state.pending_kind:
+            # An answer to a private question asked before the agent took over (typed or spoken, in
+            # any form): neither relayed nor kept.
+            state.pending_kind = None
             await asyncio.to_thread(store.save, state)
             return Reply(messages=[OutMessage(text=messages.handoff("secret_not_relayed", state.language))],
                          language=state.language, handoff=held)
@@ -684,8 +686,8 @@ async def get_image(conversation_id: ConversationId, token: Annotated[str, Path(
 OUTBOX_MAX_WAIT_S = 25.0
 #: How often a long-poll looks at the database, in seconds.
 OUTBOX_POLL_S = 0.5
-OutboxPrefix = Annotated[str, Query(pattern=r"^[A-Za-z0-9_.:-]{2,32}$",
-                                    description='conversation id prefix of the front end, e.g. "tg-"')]
+OutboxPrefix = Annotated[str, Query(pattern=r"^(tg|term|voice)-$",
+                                    description='the front end\'s conversation id prefix: "tg-", "term-" or "voice-"')]
 Wait = Annotated[float, Query(ge=0, le=OUTBOX_MAX_WAIT_S, description="seconds to wait for a message (long-poll)")]
 
 
@@ -851,12 +853,29 @@ async def voice_reply(state: store.ConversationState, reply: Reply) -> VoiceRepl
 
 async def voice_turn(gateway: Gateway, state: store.ConversationState, heard: str,
                      language: str | None) -> VoiceReply:
-    """Run one spoken turn (the conversation's lock held); see `post_voice`."""
+    """Run one spoken turn (the conversation's lock held); see `post_voice`.
+
+    A call has no push channel: the helpdesk messages waiting for the conversation (an agent
+    taking it, replying, closing it) are read out first.
+    """
+    waiting = await asyncio.to_thread(take_deliveries, state.conversation_id, None)
+    reply = await spoken_turn(gateway, state, heard, language)
+    notices = [m.text for m in waiting.get(state.conversation_id, []) if m.text]
+    if not notices:
+        return reply
+    lang = voice_language(state)
+    spoken = voice.join(voice.say(notices, lang), voice.say([reply.text], lang) if reply.text else [])
+    return await voice_say(state, spoken, end=reply.end, remember=False, handoff=reply.handoff)
+
+
+async def spoken_turn(gateway: Gateway, state: store.ConversationState, heard: str,
+                      language: str | None) -> VoiceReply:
+    """Answer one utterance (see `voice_turn`)."""
     heard = " ".join(heard.split())
     if await gateway.held_by_agent(state) is not None:
         if not heard:
             return await voice_say(state, [], remember=False)
-        return await voice_reply(state, await gateway.handle_text(state, heard, language))
+        return await voice_reply(state, await gateway.handle_text(state, voice.digits_in_text(heard), language))
     if not heard:  # silence: the question again, then the helpdesk, then goodbye
         silences = int(state.voice.get("silences") or 0) + 1
         state.voice["silences"] = silences

@@ -46,6 +46,9 @@ from bot.gateway.settings import get_settings
 logger = logging.getLogger("bot.gateway.console")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines hold Rasa's token
 
+#: Longest caller description the triage page reads (the form allows as much), in characters.
+TRIAGE_MAX_CHARS = 1000
+
 router = APIRouter(prefix="/helpdesk", include_in_schema=False)
 
 T = TypeVar("T")
@@ -333,7 +336,8 @@ async def ticket_page(request: Request, ticket_id: TicketId, done: str = "", err
         return render("error.html", status_code=404 if refusal.code == "ticket_not_found" else 403, agent=agent,
                       message=error_text(refusal.code, refusal.params))
     mine = view.info.claimed_by_agent_id == agent.id
-    params = {"agent": agent_name[:100] or "?", "max_chars": max_chars}
+    # The holder's name comes from the ticket itself, never from the query string (no spoofed text).
+    params = {"agent": view.info.claimed_by or "?", "max_chars": helpdesk.MAX_TEXT_CHARS}
     return render(
         "ticket.html", agent=agent, view=view, ticket=view.info, mine=mine,
         done=DONE_LABELS.get(done), error=error_text(error, params) if error in ERROR_LABELS else None,
@@ -430,7 +434,7 @@ async def triage(request: Request, csrf: Annotated[str, Form()] = "", text: Anno
         return redirect("/helpdesk/login")
     if not csrf_ok(agent, csrf):
         return redirect("/helpdesk/triage")
-    cleaned, _masked = redact.clean(text)
+    cleaned, _masked = await asyncio.to_thread(redact.clean, text[:TRIAGE_MAX_CHARS])
     chosen = language if language in LANGUAGE_LABELS else "auto"
     if not cleaned.replace(redact.PLACEHOLDER, "").strip():
         return render("triage.html", agent=agent, text="", chosen_language=chosen, result=None, rasa_down=False,

@@ -21,6 +21,7 @@ uses this module, which is pure (no I/O, no database):
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 import xml.etree.ElementTree as ET  # noqa: S405 - we build XML, never parse untrusted XML here
@@ -98,15 +99,32 @@ _GERMAN_WORDS = {"null", "eins", "ein", "eine", "zwei", "zwo", "drei", "vier", "
                  "fuenfzig", "sechzig", "siebzig", "achtzig", "neunzig", "hundert", "tausend", "und"}
 
 
+#: Longest word tried as a German number compound (the longest matricule group said as one word
+#: is far shorter); longer words are not numbers.
+_MAX_COMPOUND_CHARS = 60
+
+
 def _split_german(word: str) -> list[str] | None:
-    """Split a German number compound into its morphemes, or None when it is not one."""
+    """Split a German number compound into its morphemes, or None when it is not one.
+
+    Linear in practice: the split of each suffix is computed once (memoised), so a long word with
+    many two-way splits ("achtzehnachtzehn…x") cannot make the search exponential.
+    """
+    if len(word) > _MAX_COMPOUND_CHARS:
+        return None
+    found = _split_suffix(word)
+    return list(found) if found is not None else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_suffix(word: str) -> tuple[str, ...] | None:
     if not word:
-        return []
+        return ()
     for morpheme in _GERMAN_MORPHEMES:
         if morpheme in _GERMAN_WORDS and word.startswith(morpheme):
-            rest = _split_german(word[len(morpheme):])
+            rest = _split_suffix(word[len(morpheme):])
             if rest is not None:
-                return [morpheme, *rest]
+                return (morpheme, *rest)
     return None
 
 

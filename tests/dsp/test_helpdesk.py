@@ -211,6 +211,28 @@ def test_only_the_claiming_agent_replies_and_closes():
     assert len(call(helpdesk.pending_deliveries)) == 2  # one "claimed", one "closed"
 
 
+def test_two_agents_racing_for_one_ticket_cannot_both_claim_it(monkeypatch):
+    from sqlalchemy.orm.attributes import set_committed_value
+
+    anne, marc = new_agent("anne"), new_agent("marc", "Marc Schmit")
+    ticket = new_ticket()
+    call(helpdesk.claim, anne, ticket.id)  # Anne's claim commits first…
+    read = helpdesk._ticket
+
+    def read_before_annes_claim(uow, agent, ticket_id, action):  # …after Marc's request read the ticket
+        row = read(uow, agent, ticket_id, action)
+        set_committed_value(row, "status", "open")
+        set_committed_value(row, "claimed_by_agent_id", None)
+        return row
+
+    monkeypatch.setattr(helpdesk, "_ticket", read_before_annes_claim)
+    error = refused(helpdesk.claim, marc, ticket.id)
+    assert error.code == "ticket_already_claimed" and error.params == {"agent": "Anne Weber"}
+    monkeypatch.undo()
+    assert call(helpdesk.ticket_info, ticket.id).claimed_by == "Anne Weber"
+    assert [d.kind for d in call(helpdesk.pending_deliveries)] == ["claimed"]  # the user is told once
+
+
 def test_texts_are_bounded_and_not_empty():
     agent_id = new_agent()
     ticket = new_ticket()
