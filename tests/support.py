@@ -44,6 +44,15 @@ def run_dsp_lines(services: Any, *args: str) -> list[str]:
     return [line for line in out.stdout.splitlines() if line.strip()]
 
 
+def outbox_code(env: dict[str, str], address: str) -> str:
+    """Read the one-time code last sent to `address` (embedded outbox); it joins the secrets scanned for."""
+    message = run_dsp(env, "outbox", "--to", address, "--last")
+    match = re.search(r"(?<![0-9A-Za-z])([0-9]{6,8})(?![0-9A-Za-z])", message["body"])
+    assert match, "no code in the message"
+    SECRETS.add(match.group(1))
+    return match.group(1)
+
+
 class Chat:
     """One conversation through the gateway, as a front end would hold it."""
 
@@ -117,11 +126,7 @@ class Chat:
 
     def outbox_code(self, address: str) -> str:
         """Read the one-time code last sent to `address` (embedded outbox)."""
-        message = run_dsp(self.env, "outbox", "--to", address, "--last")
-        match = re.search(r"(?<![0-9A-Za-z])([0-9]{6,8})(?![0-9A-Za-z])", message["body"])
-        assert match, "no code in the message"
-        SECRETS.add(match.group(1))
-        return match.group(1)
+        return outbox_code(self.env, address)
 
     def outbox_body(self, address: str) -> str:
         """Return the body of the last message sent to `address`."""
@@ -363,8 +368,4 @@ class VoiceChat:
 
     def outbox_code(self, address: str) -> str:
         """Read the one-time code last sent to `address` (embedded outbox)."""
-        message = run_dsp(self.env, "outbox", "--to", address, "--last")
-        match = re.search(r"(?<![0-9A-Za-z])([0-9]{6,8})(?![0-9A-Za-z])", message["body"])
-        assert match, "no code in the message"
-        SECRETS.add(match.group(1))
-        return match.group(1)
+        return outbox_code(self.env, address)

@@ -152,14 +152,8 @@ class GatewayClient:
                                               timeout=httpx.Timeout(wait_s + OUTBOX_GRACE_S, connect=5.0))
         except httpx.HTTPError as exc:
             raise GatewayUnavailable(type(exc).__name__) from None
-        if response.status_code in (401, 403):
-            logger.error("the gateway refused the bot's key (%s): check GATEWAY_API_KEY", response.status_code)
-            raise GatewayUnavailable("key refused")
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        conversations = body.get("conversations") if isinstance(body, dict) else None
+        body = GatewayClient._body(response)
+        conversations = body.get("conversations")
         if response.status_code != 200 or not isinstance(conversations, list):
             raise GatewayUnavailable(f"outbox answered {response.status_code}")
         items = []
@@ -188,18 +182,28 @@ class GatewayClient:
 
     @staticmethod
     def _reply(response: httpx.Response) -> Reply:
+        body = GatewayClient._body(response)
+        messages = body.get("messages")
+        if response.status_code >= 500 or not isinstance(messages, list):
+            logger.error("gateway answered %s", response.status_code)
+            raise GatewayUnavailable(f"status {response.status_code}")
+        return GatewayClient._parse(body, response.status_code)
+
+    @staticmethod
+    def _body(response: httpx.Response) -> dict[str, Any]:
+        """Return the JSON object of a gateway answer ({} when it is not one).
+
+        Raises:
+            GatewayUnavailable: the gateway refused the bot's key (401, 403).
+        """
         if response.status_code in (401, 403):
             logger.error("the gateway refused the bot's key (%s): check GATEWAY_API_KEY", response.status_code)
             raise GatewayUnavailable("key refused")
         try:
             body = response.json()
         except ValueError:
-            body = {}
-        messages = body.get("messages") if isinstance(body, dict) else None
-        if response.status_code >= 500 or not isinstance(messages, list):
-            logger.error("gateway answered %s", response.status_code)
-            raise GatewayUnavailable(f"status {response.status_code}")
-        return GatewayClient._parse(body, response.status_code)
+            return {}
+        return body if isinstance(body, dict) else {}
 
     @staticmethod
     def _parse(body: dict[str, Any], status: int) -> Reply:
