@@ -808,8 +808,8 @@ def _compare_and_set(uow: UnitOfWork, ticket: Ticket, holder_id: int | None, **v
     return changed
 
 
-def _lost_race(uow: UnitOfWork, agent: HelpdeskAgent, action: str, ticket: Ticket) -> NoReturn:
-    """Refuse an action that another agent's change overtook (closed, or claimed by someone else)."""
+def _refuse_unavailable(uow: UnitOfWork, agent: HelpdeskAgent, action: str, ticket: Ticket) -> NoReturn:
+    """Refuse an action on a ticket that is closed or held by another agent (also after a lost race)."""
     if ticket.status == "closed":
         _refuse(uow, agent, action, ticket, HelpdeskError("ticket_closed"))
     holder = _agent_names(uow, {ticket.claimed_by_agent_id or 0}).get(ticket.claimed_by_agent_id or 0, "?")
@@ -828,16 +828,13 @@ def claim(uow: UnitOfWork, agent_id: int, ticket_id: int) -> TicketInfo:
     agent = _agent(uow, agent_id)
     action = "helpdesk.ticket.claim"
     ticket = _ticket(uow, agent, ticket_id, action)
-    if ticket.status == "closed":
-        _refuse(uow, agent, action, ticket, HelpdeskError("ticket_closed"))
-    if ticket.status == "claimed":
-        if ticket.claimed_by_agent_id == agent.id:
-            return _info(uow, ticket)
-        holder = _agent_names(uow, {ticket.claimed_by_agent_id or 0}).get(ticket.claimed_by_agent_id or 0, "?")
-        _refuse(uow, agent, action, ticket, HelpdeskError("ticket_already_claimed", agent=holder))
+    if ticket.status == "claimed" and ticket.claimed_by_agent_id == agent.id:
+        return _info(uow, ticket)
+    if ticket.status != "open":
+        _refuse_unavailable(uow, agent, action, ticket)
     now = clock.now()
     if not _compare_and_set(uow, ticket, None, status="claimed", claimed_by_agent_id=agent.id, claimed_at=now):
-        _lost_race(uow, agent, action, ticket)
+        _refuse_unavailable(uow, agent, action, ticket)
     uow.session.add(TicketMessage(ticket_id=ticket.id, author="system", notice="claimed", agent_id=agent.id,
                                   created_at=now))
     _audit_ticket(uow, _agent_actor(agent.id), action, "ok", ticket)
@@ -858,13 +855,10 @@ def reply(uow: UnitOfWork, agent_id: int, ticket_id: int, text: str) -> None:
     agent = _agent(uow, agent_id)
     action = "helpdesk.ticket.reply"
     ticket = _ticket(uow, agent, ticket_id, action)
-    if ticket.status == "closed":
-        _refuse(uow, agent, action, ticket, HelpdeskError("ticket_closed"))
-    if ticket.status != "claimed":
+    if ticket.status == "open":
         _refuse(uow, agent, action, ticket, HelpdeskError("ticket_not_claimed"))
-    if ticket.claimed_by_agent_id != agent.id:
-        holder = _agent_names(uow, {ticket.claimed_by_agent_id or 0}).get(ticket.claimed_by_agent_id or 0, "?")
-        _refuse(uow, agent, action, ticket, HelpdeskError("ticket_already_claimed", agent=holder))
+    if ticket.status == "closed" or ticket.claimed_by_agent_id != agent.id:
+        _refuse_unavailable(uow, agent, action, ticket)
     cleaned = _clean_text(text)
     uow.session.add(TicketMessage(ticket_id=ticket.id, author="agent", agent_id=agent.id, text=cleaned,
                                   created_at=clock.now()))
@@ -901,15 +895,12 @@ def close(uow: UnitOfWork, agent_id: int, ticket_id: int) -> TicketInfo:
     agent = _agent(uow, agent_id)
     action = "helpdesk.ticket.close"
     ticket = _ticket(uow, agent, ticket_id, action)
-    if ticket.status == "closed":
-        _refuse(uow, agent, action, ticket, HelpdeskError("ticket_closed"))
-    if ticket.status == "claimed" and ticket.claimed_by_agent_id != agent.id:
-        holder = _agent_names(uow, {ticket.claimed_by_agent_id or 0}).get(ticket.claimed_by_agent_id or 0, "?")
-        _refuse(uow, agent, action, ticket, HelpdeskError("ticket_already_claimed", agent=holder))
+    if ticket.status == "closed" or (ticket.status == "claimed" and ticket.claimed_by_agent_id != agent.id):
+        _refuse_unavailable(uow, agent, action, ticket)
     now = clock.now()
     if not _compare_and_set(uow, ticket, ticket.claimed_by_agent_id, status="closed", closed_at=now,
                             closed_by_agent_id=agent.id):
-        _lost_race(uow, agent, action, ticket)
+        _refuse_unavailable(uow, agent, action, ticket)
     uow.session.add(TicketMessage(ticket_id=ticket.id, author="system", notice="closed", agent_id=agent.id,
                                   created_at=now))
     _audit_ticket(uow, _agent_actor(agent.id), action, "ok", ticket)
