@@ -6,6 +6,8 @@ import json
 import os
 import re
 import subprocess
+import sys
+import textwrap
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,21 @@ def outbox_code(env: dict[str, str], address: str) -> str:
     assert match, "no code in the message"
     SECRETS.add(match.group(1))
     return match.group(1)
+
+
+def staff(services: Any, code: str) -> Any:
+    """Run helpdesk domain code as staff would: a subprocess on the services' database.
+
+    `code` runs inside ``with UnitOfWork() as uow:`` with `helpdesk` imported and must assign a
+    JSON-serialisable `result`; the unit of work is committed after it.
+    """
+    script = "\n".join(["import json", "from bot.dsp import helpdesk", "from bot.dsp.uow import UnitOfWork",
+                        "with UnitOfWork() as uow:", textwrap.indent(textwrap.dedent(code), "    "),
+                        "    uow.commit()", "print(json.dumps(result, default=str))"])
+    done = subprocess.run([sys.executable, "-c", script], env=services.env, cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 class Chat:

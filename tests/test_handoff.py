@@ -9,36 +9,15 @@ layer in a subprocess with the services' environment (the console has its own br
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
 from typing import Any
 
 import pytest
 
-from tests.support import REPO, SECRETS, Chat, new_letter
+from tests.support import SECRETS, Chat, new_letter, staff
 
 pytestmark = pytest.mark.services
 
 OPEN_TICKET = "/open_ticket"
-
-
-def staff(services, code: str) -> Any:
-    """Run helpdesk domain code as staff would (a subprocess on the services' database).
-
-    `code` runs inside ``with UnitOfWork() as uow:`` with `helpdesk` imported; it must assign
-    `result` (JSON-serialisable); the unit of work is committed after it.
-    """
-    script = "\n".join([
-        "import json", "from bot.dsp import helpdesk", "from bot.dsp.uow import UnitOfWork",
-        "with UnitOfWork() as uow:", textwrap.indent(textwrap.dedent(code), "    "), "    uow.commit()",
-        "print(json.dumps(result, default=str))",
-    ])
-    done = subprocess.run([sys.executable, "-c", script], env=services.env, cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def agent(services, username: str) -> int:

@@ -12,9 +12,6 @@ import asyncio
 import json
 import logging
 import re
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,7 +26,7 @@ from bot.telegram.handlers import ALLOWED_UPDATES
 from bot.telegram.outbox import OutboxDelivery, chat_of, start_outbox, stop_outbox
 from bot.telegram.settings import TelegramSettings
 from tests.fake_telegram import FakeBotApi
-from tests.support import REPO
+from tests.support import staff
 
 TOKEN = "123456789:AAHk-Secret-Half-Of-The-Token_0123456"
 CHAT = 5151
@@ -320,21 +317,6 @@ async def test_the_application_starts_and_stops_the_outbox_with_its_hooks():
 
 
 # --------------------------------------------------------------------------- the whole stack
-
-def staff(services: Any, code: str) -> Any:
-    """Run helpdesk domain code as staff would: a subprocess on the services' database.
-
-    `code` runs inside ``with UnitOfWork() as uow:`` with `helpdesk` imported and must assign a
-    JSON-serialisable `result`; the unit of work is committed after it.
-    """
-    script = "\n".join(["import json", "from bot.dsp import helpdesk", "from bot.dsp.uow import UnitOfWork",
-                        "with UnitOfWork() as uow:", textwrap.indent(textwrap.dedent(code), "    "),
-                        "    uow.commit()", "print(json.dumps(result, default=str))"])
-    done = subprocess.run([sys.executable, "-c", script], env=services.env, cwd=REPO, capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
 
 @pytest.mark.services
 def test_an_agent_reply_made_in_the_domain_reaches_the_telegram_chat(services):

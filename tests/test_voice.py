@@ -30,6 +30,7 @@ from tests.support import (
     run_dsp_lines,
     said_characters,
     said_digits,
+    staff,
 )
 
 pytestmark = pytest.mark.services
@@ -263,6 +264,15 @@ def test_options_are_paged_and_silences_lead_to_the_helpdesk(services):
     assert "Dites un pour Ouvrir un ticket" in call.text
     call.say("oui")
     assert call.last["handoff"] and call.last["handoff"]["status"] == "open"  # a person at the helpdesk has it
+    ticket_id = staff(services, f"result = helpdesk.active_ticket(uow, {call.id!r}).id")
+    agent_id = staff(services, f"result = helpdesk.add_agent(uow, 'anne.voice.{call.id}', 'Anne Weber', "
+                               "'Helpdesk-Agent-Passphrase-2026')")
+    staff(services, f"result = helpdesk.claim(uow, {agent_id}, {ticket_id}).status")
+    staff(services, f"result = helpdesk.reply(uow, {agent_id}, {ticket_id}, 'Je vous rappelle dans une heure.')")
+    call.say("allô, vous êtes là ?")  # a call has no push: the agent's messages are read out at the next turn
+    assert call.last["handoff"]["status"] == "claimed"
+    assert "Anne Weber" in call.text and "Je vous rappelle dans une heure." in call.text
+    assert said(services, call)[-1] == "utter_ticket_opened"  # the caller's words went to the agent, not to Rasa
 
 
 def test_three_silences_end_the_call(services):
