@@ -53,6 +53,23 @@ def _cmd_init_db(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Migrate ``DSP_DATABASE_URL`` to a revision (default head); prints ``{"revision": "..."}``."""
+    from bot import schema
+
+    schema.upgrade(revision=args.revision)
+    print(json.dumps({"revision": schema.current()}))
+    return 0
+
+
+def _cmd_db_current(_args: argparse.Namespace) -> int:
+    """Print the database's revision and the code's head: ``{"revision": ..., "head": ...}`` (no URL)."""
+    from bot import schema
+
+    print(json.dumps({"revision": schema.current(), "head": schema.head()}))
+    return 0
+
+
 def _cmd_seed_demo(_args: argparse.Namespace) -> int:
     with UnitOfWork() as uow:
         seed_demo(uow)
@@ -202,7 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of ``dsp``."""
     parser = argparse.ArgumentParser(prog="dsp", description="DSP domain layer tools (embedded setup).")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("init-db", help="create the tables").set_defaults(func=_cmd_init_db)
+    sub.add_parser("init-db", help="create or migrate the tables (same as: db upgrade)").set_defaults(
+        func=_cmd_init_db
+    )
+    db = sub.add_parser("db", help="schema migrations of DSP_DATABASE_URL (Alembic)")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="migrate to the newest revision (safe to run concurrently)")
+    upgrade.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
+    upgrade.set_defaults(func=_cmd_db_upgrade)
+    db_sub.add_parser("current", help="print the database's revision and the code's head").set_defaults(
+        func=_cmd_db_current
+    )
     sub.add_parser("seed-demo", help="insert demo professionals and patients").set_defaults(
         func=_cmd_seed_demo
     )

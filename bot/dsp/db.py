@@ -1,4 +1,12 @@
-"""Engine, sessionmaker and schema creation, built lazily from :mod:`bot.dsp.settings`."""
+"""Engine, sessionmaker and schema, built lazily from :mod:`bot.dsp.settings`.
+
+The schema is Alembic's (``bot/migrations``, entry points in :mod:`bot.schema`, which also knows the
+gateway's tables: this module imports it only when the engine is first built, so the domain layer
+does not depend on the gateway). On first use :func:`get_engine` brings the database to the newest
+revision: nothing to do when it is there already (the production launcher runs ``dsp db upgrade``
+before the services); a fresh SQLite file gets ``create_all`` + ``stamp head``; anything else is
+migrated under a lock (PostgreSQL advisory lock, file lock beside a SQLite file).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +14,26 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from bot.dsp.settings import get_settings
 
+#: Constraint and index names (Alembic's advice: SQLite batch migrations can only drop named constraints).
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
 
 class Base(DeclarativeBase):
     """Declarative base of every DSP table."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 _lock = threading.Lock()
@@ -27,17 +46,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA case_sensitive_like=ON")  # LIKE as on PostgreSQL (searches compare folded keys)
     cursor.close()
 
 
 def get_engine() -> Engine:
-    """Return the process-wide engine, creating it (and the tables) on first use.
+    """Return the process-wide engine, creating it on first use and bringing the schema to head.
 
-    SQLite connections get ``journal_mode=WAL`` and ``foreign_keys=ON``; the parent directory of
-    a SQLite file is created. Tables and the audit triggers are created if missing.
+    SQLite connections get ``journal_mode=WAL``, ``foreign_keys=ON``, a busy timeout and a
+    case-sensitive ``LIKE`` (as on PostgreSQL); the parent directory of a SQLite file is created.
+    PostgreSQL connections use the time zone UTC (the domain stores naive UTC times) and are pinged
+    before use (a restarted server is not an error).
 
     Returns:
         The engine for ``DSP_DATABASE_URL``.
+
+    Raises:
+        bot.schema.SchemaError: the database is at a revision this code does not know.
+        sqlalchemy.exc.OperationalError: the database is unreachable.
     """
     global _engine
     with _lock:
@@ -48,10 +74,18 @@ def get_engine() -> Engine:
                 if url.database and url.database != ":memory:":
                     Path(url.database).parent.mkdir(parents=True, exist_ok=True)
                 kwargs["connect_args"] = {"check_same_thread": False}
+            elif url.get_backend_name() == "postgresql":
+                kwargs["pool_pre_ping"] = True
+                if "options" not in url.query:
+                    kwargs["connect_args"] = {"options": "-c timezone=UTC"}
             engine = create_engine(url, **kwargs)
             if url.get_backend_name() == "sqlite":
                 event.listen(engine, "connect", _sqlite_pragmas)
-            _create_all(engine)
+            try:
+                _ensure_schema(engine)
+            except BaseException:
+                engine.dispose()
+                raise
             _engine = engine
         return _engine
 
@@ -66,43 +100,20 @@ def get_sessionmaker() -> sessionmaker[Session]:
         return _sessionmaker
 
 
-def _create_all(engine: Engine) -> None:
-    from bot.dsp import orm  # noqa: F401  (registers the tables)
+def _ensure_schema(engine: Engine) -> None:
+    from bot import schema  # the schema spans the gateway's tables too: imported late (layering)
 
-    Base.metadata.create_all(engine)
-    if engine.dialect.name == "sqlite":
-        _add_new_columns(engine)
-
-
-def _add_new_columns(engine: Engine) -> None:
-    """Add the nullable columns a newer version declares to an embedded SQLite file made by an older one.
-
-    Only for the embedded default (a demo file in ``var/`` must survive an update); a column that
-    is not nullable cannot be added this way and raises. Production schemas change through
-    migrations, not here.
-
-    Raises:
-        RuntimeError: a new column is NOT NULL (the file must be recreated: ``make clean-state``).
-    """
-    present = inspect(engine)
-    with engine.begin() as connection:
-        for table in Base.metadata.sorted_tables:
-            if not present.has_table(table.name):
-                continue
-            existing = {column["name"] for column in present.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in existing:
-                    continue
-                if not column.nullable:
-                    raise RuntimeError(f"{table.name}.{column.name} is new and NOT NULL: recreate the database "
-                                       "(make clean-state)")
-                kind = column.type.compile(dialect=engine.dialect)
-                connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
+    schema.ensure_schema(engine)
 
 
 def init_db() -> None:
-    """Create every table and the append-only triggers of ``audit_events`` if missing."""
-    _create_all(get_engine())
+    """Bring the database of ``DSP_DATABASE_URL`` to the newest revision (``dsp init-db``, ``make db``).
+
+    Runs the migrations (:func:`bot.schema.upgrade`), adopting an old ``create_all`` SQLite file.
+    """
+    from bot import schema
+
+    schema.upgrade(get_settings().database_url)
 
 
 def reset_engine() -> None:

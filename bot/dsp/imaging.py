@@ -1112,7 +1112,9 @@ def _middle(instances: list[ImagingInstance]) -> ImagingInstance:
 
 def _refresh_study(uow: UnitOfWork, study: ImagingStudy) -> None:
     """Recompute a study's modalities, display values and key images after an import."""
-    series = list(uow.session.scalars(select(ImagingSeries).where(ImagingSeries.study_id == study.id)))
+    series = list(uow.session.scalars(
+        select(ImagingSeries).where(ImagingSeries.study_id == study.id).order_by(ImagingSeries.id)
+    ))  # fmt: skip  (ordered: "the first series with a description" must not depend on the database)
     study.modalities = _modalities(series)
     if not study.description:
         study.description = next(
@@ -1122,7 +1124,9 @@ def _refresh_study(uow: UnitOfWork, study: ImagingStudy) -> None:
         study.body_part = next((s.body_part for s in series if s.body_part), None)
     by_series: dict[int, list[ImagingInstance]] = {s.id: [] for s in series}
     if by_series:
-        for row in uow.session.scalars(select(ImagingInstance).where(ImagingInstance.series_id.in_(by_series))):
+        for row in uow.session.scalars(
+            select(ImagingInstance).where(ImagingInstance.series_id.in_(by_series)).order_by(ImagingInstance.id)
+        ):
             by_series[row.series_id].append(row)
     instances = [row for rows in by_series.values() for row in rows]
     references: set[str] = set()

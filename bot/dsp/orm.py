@@ -2,7 +2,8 @@
 
 Secrets are never stored in clear: activation codes, one-time codes and reset tokens as
 HMAC-SHA256 with the pepper, passwords and PINs as Argon2id, vault values Fernet-encrypted.
-``audit_events`` is append-only: SQLite triggers abort UPDATE/DELETE and an ORM guard refuses them.
+``audit_events`` is append-only: database triggers (SQLite; PostgreSQL, TRUNCATE too) abort UPDATE/DELETE
+and an ORM guard refuses them.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ class LoginProbe(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Naive UTC like every domain time (was ``timezone=True``, which PostgreSQL returns aware).
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime)
     permanently_locked: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
@@ -245,15 +247,28 @@ def _refuse_audit_change(_mapper: Mapper[Any], _connection: Any, _target: AuditE
 event.listen(AuditEvent, "before_update", _refuse_audit_change)
 event.listen(AuditEvent, "before_delete", _refuse_audit_change)
 
-for _op in ("UPDATE", "DELETE"):
-    event.listen(
-        AuditEvent.__table__,
-        "after_create",
-        DDL(
-            f"CREATE TRIGGER IF NOT EXISTS audit_events_no_{_op.lower()} BEFORE {_op} ON audit_events "
-            "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END"
-        ).execute_if(dialect="sqlite"),
-    )
+#: The database-side refusals, for tables made by ``create_all`` (the embedded fast path, tests). The
+#: migrations (``bot/migrations/versions/0001_initial_schema.py``) create the same, frozen in their file.
+AUDIT_APPEND_ONLY_DDL = {
+    "sqlite": [
+        f"CREATE TRIGGER IF NOT EXISTS audit_events_no_{op.lower()} BEFORE {op} ON audit_events "
+        "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END"
+        for op in ("UPDATE", "DELETE")
+    ],
+    # SQLSTATE 23000 (integrity_constraint_violation): an IntegrityError, as SQLite's RAISE(ABORT) gives.
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN RAISE EXCEPTION 'audit_events is append-only' USING ERRCODE = '23000'; END $$",
+        "CREATE TRIGGER audit_events_no_update_delete BEFORE UPDATE OR DELETE ON audit_events "
+        "FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()",
+        "CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events "
+        "FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only()",
+    ],
+}
+
+for _dialect, _statements in AUDIT_APPEND_ONLY_DDL.items():
+    for _statement in _statements:
+        event.listen(AuditEvent.__table__, "after_create", DDL(_statement).execute_if(dialect=_dialect))
 
 
 class AccessGrant(Base):
