@@ -37,6 +37,7 @@ from actions.common import (
     call_service,
     clear_task_slots,
     language_of,
+    turn_of,
     utter_error,
 )
 from bot.dsp import DspError, accounts, documents, vault
@@ -505,9 +506,10 @@ class ActionResendCode(Action):
         if purpose is None or tracker.get_slot("requested_slot") != "otp_ref":
             dispatcher.utter_message(response="utter_anything_else")
             return []
+        # The same turn run again (gateway failover) sends no second code: the domain knows its key.
         ok, masked = await call_or_say(dispatcher, accounts.resend_code, tracker.sender_id,
                                        matricule_ref=tracker.get_slot(MATRICULE_REF), purpose=purpose,
-                                       language=language_of(tracker))
+                                       language=language_of(tracker), request_key=turn_of(tracker))
         if ok:
             dispatcher.utter_message(response="utter_new_code_sent", masked_address=masked)
         return []

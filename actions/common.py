@@ -123,6 +123,21 @@ def language_of(tracker: Tracker) -> str:
     return value if value in SUPPORTED_LANGUAGES else "fr"
 
 
+def turn_of(tracker: Tracker) -> str | None:
+    """Return the identity of the user turn being answered, for the domain to recognise a repeat.
+
+    The gateway's ``turn_id`` (message metadata, kept when the gateway sends a turn again after a
+    failure), else Rasa's id of the message; None when neither is there (the domain then treats the
+    request as new). At most 200 characters.
+    """
+    message = tracker.latest_message or {}
+    metadata = message.get("metadata")
+    for value in ((metadata or {}).get("turn_id") if isinstance(metadata, dict) else None, message.get("message_id")):
+        if isinstance(value, str) and value:
+            return value[:200]
+    return None
+
+
 def clear_task_slots() -> list[EventType]:
     """Return the events that forget every task slot."""
     return [SlotSet(name, None) for name in TASK_SLOTS] + [SlotSet(REQUESTED_SLOT, None)]

@@ -12,7 +12,11 @@ Rules:
 * a block wins: granting a blocked professional is refused (``professional_blocked``: unblock
   first), and blocking someone who had access removes the grant;
 * unblocking removes the block and does *not* restore an earlier grant;
-* a professional reads the record only with a grant and no block (:func:`check_access`).
+* a professional reads the record only with a grant and no block (:func:`check_access`);
+* idempotent (issue 9): the same change twice, also concurrently (two processes, a retried
+  request), leaves one row and one audit of the change; the other call answers ``changed=False``
+  (audited ``ok`` with ``changed: 0``), never a unique-constraint error. Each change takes a lock on
+  the record (:func:`bot.dsp.idempotency.serialize`) before it reads the current decision.
 
 Every service acts on the record of :func:`bot.dsp.records.record_context` (the holder's, also
 when a designated assistant acts for them) and audits its outcome with
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from bot.dsp import audit, clock
+from bot.dsp import audit, clock, idempotency
 from bot.dsp.errors import AccessDenied, SearchRefused
 from bot.dsp.orm import AccessGrant, Professional, fold
 from bot.dsp.records import RecordContext, audit_record, commit_and_raise, record_context
@@ -147,10 +151,16 @@ def _matches(pro: Professional, query_words: list[str]) -> bool:
 
 def _grant_row(uow: UnitOfWork, patient_id: int, professional_id: int) -> AccessGrant | None:
     return uow.session.scalars(
-        select(AccessGrant).where(
-            AccessGrant.patient_id == patient_id, AccessGrant.professional_id == professional_id
-        )
+        select(AccessGrant)
+        .where(AccessGrant.patient_id == patient_id, AccessGrant.professional_id == professional_id)
+        .execution_options(populate_existing=True)
     ).first()
+
+
+def _decision(uow: UnitOfWork, context: RecordContext, professional_id: int) -> AccessGrant | None:
+    """The record's current decision about a professional, read under the record's lock (for a change)."""
+    idempotency.serialize(uow, f"record:{context.holder_patient_id}")
+    return _grant_row(uow, context.holder_patient_id, professional_id)
 
 
 def _statuses(uow: UnitOfWork, patient_id: int) -> dict[int, str]:
@@ -266,7 +276,7 @@ def grant_access(uow: UnitOfWork, conversation_id: str, professional_id: int) ->
     action = "access.grant"
     context = record_context(uow, conversation_id, action)
     pro = _professional(uow, context, professional_id, action)
-    row = _grant_row(uow, context.holder_patient_id, pro.id)
+    row = _decision(uow, context, pro.id)
     if row is not None and row.status == BLOCKED:
         audit_record(uow, context, action, "professional_blocked", f"professional:{pro.id}")
         _fail(uow, AccessDenied("professional_blocked"))
@@ -299,7 +309,7 @@ def block_access(uow: UnitOfWork, conversation_id: str, professional_id: int) ->
     action = "access.block"
     context = record_context(uow, conversation_id, action)
     pro = _professional(uow, context, professional_id, action)
-    row = _grant_row(uow, context.holder_patient_id, pro.id)
+    row = _decision(uow, context, pro.id)
     changed = row is None or row.status != BLOCKED
     if row is None:
         row = AccessGrant(patient_id=context.holder_patient_id, professional_id=pro.id)
@@ -330,7 +340,7 @@ def unblock_access(uow: UnitOfWork, conversation_id: str, professional_id: int) 
     action = "access.unblock"
     context = record_context(uow, conversation_id, action)
     pro = _professional(uow, context, professional_id, action)
-    row = _grant_row(uow, context.holder_patient_id, pro.id)
+    row = _decision(uow, context, pro.id)
     changed = row is not None and row.status == BLOCKED
     if changed:
         uow.session.delete(row)

@@ -11,7 +11,13 @@ Conventions shared by every service:
 * services commit their own work; failure counters and audit rows are committed *before* the
   error is raised, so they survive the caller's rollback;
 * every authentication decision is audited with a pseudonymous conversation tag as actor and
-  the internal patient id (never the matricule); no secret appears in audit, log or error.
+  the internal patient id (never the matricule); no secret appears in audit, log or error;
+* a step that runs again has its effect once (issue 9, :mod:`bot.dsp.idempotency`): under a lock
+  on the account, a code or reset mail already sent for the same step (at or after its input was
+  given, or less than :data:`bot.dsp.otp.REPEAT_WINDOW_SECONDS` ago for the first code of a login
+  or activation, or by the same request key for "send me a new code") is not sent again (audited
+  ``already_sent``); a code, or a reset link, that a retried step presents after its own request
+  succeeded answers that success again (audited ``already_done``) instead of "expired".
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import re
 import secrets
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, NoReturn
 
 import phonenumbers
@@ -31,7 +37,7 @@ from email_validator import EmailNotValidError, validate_email
 from phonenumbers import PhoneNumberType
 from sqlalchemy import select, update
 
-from bot.dsp import audit, clock, otp, vault
+from bot.dsp import audit, clock, idempotency, otp, vault
 from bot.dsp.errors import (
     ActivationError,
     AuthError,
@@ -245,6 +251,48 @@ def _send_code(uow: UnitOfWork, channel: str, address: str, code: str, language:
     get_notifier(uow).send("email" if channel == "email" else "sms", address, subject, body)
 
 
+def _lock_account(uow: UnitOfWork, account: Account) -> None:
+    """Serialize the steps that send something to this account (across processes, until commit)."""
+    idempotency.serialize(uow, f"account:{account.id}")
+
+
+def _first_code_since(uow: UnitOfWork, conversation_id: str, input_ref: str) -> datetime:
+    """Earliest time a usable code counts as already sent by this step.
+
+    That is when the step's input was given (a retry carries the same reference), or the start of
+    the repeat window (the user gave the input again), whichever is earlier.
+    """
+    window_start = clock.now() - timedelta(seconds=otp.REPEAT_WINDOW_SECONDS)
+    return min(vault.given_at(uow, conversation_id, input_ref), window_start)
+
+
+def _same_step(uow: UnitOfWork, conversation_id: str, input_ref: str, done_at: datetime | None) -> bool:
+    """True when the input behind ``input_ref`` was given before ``done_at`` (the step already had its effect)."""
+    if done_at is None:
+        return False
+    try:
+        return vault.given_at(uow, conversation_id, input_ref) <= done_at
+    except VaultMiss:
+        return False
+
+
+def _code_already_accepted(
+    uow: UnitOfWork, conversation_id: str, account: Account, purpose: str, code: str, otp_ref: str
+) -> bool:
+    """True when this very code, given in this step, was already accepted for this conversation.
+
+    A retried completion (same reference, given before the code was used) or a concurrent double
+    submission: its request succeeded, so it answers that success again instead of "expired".
+    """
+    row = otp.latest(uow, account, purpose, conversation_id)
+    return (
+        row is not None
+        and row.used_at is not None
+        and otp.matches(account, row, code)
+        and _same_step(uow, conversation_id, otp_ref, row.used_at)
+    )
+
+
 # --------------------------------------------------------------------------- letters
 
 
@@ -443,10 +491,14 @@ def begin_activation(
     """Re-verify everything, keep the chosen password and contact, and send a one-time code.
 
     Quick guide: "Définissez un mot de passe personnel ... Un code à usage unique vous sera
-    envoyé par SMS ou e-mail". A new call replaces the pending choice and the older code.
+    envoyé par SMS ou e-mail". A new call replaces the pending choice and the older code, except
+    that the same step run again (same address and channel, and a usable code sent to this
+    conversation since ``address_ref`` was given or within :data:`bot.dsp.otp.REPEAT_WINDOW_SECONDS`)
+    sends no second code: the pending choice is updated, the code already sent stays valid
+    (audited ``already_sent``). Concurrent calls send one code.
 
     Returns:
-        The masked address the code was sent to.
+        The masked address the code was sent to (also when it was already sent).
 
     Raises:
         VaultMiss: ``input_expired``.
@@ -462,6 +514,17 @@ def begin_activation(
     check_password_policy(password, matricule)
     kind = _channel(channel)
     address = _normalize_address(kind, _reveal(uow, conversation_id, address_ref, ADDRESS_KINDS))
+    password_hash = hash_password(password)
+    _lock_account(uow, account)
+    previous = _pending(uow, account, conversation_id)
+    already_sent = (
+        previous is not None
+        and (previous.channel, previous.address) == (kind, address)
+        and otp.sent_since(
+            uow, account, "activation", conversation_id, _first_code_since(uow, conversation_id, address_ref)
+        )
+        is not None
+    )
     for old in uow.session.scalars(
         select(PendingActivation).where(PendingActivation.account_id == account.id)
     ):
@@ -470,15 +533,18 @@ def begin_activation(
         PendingActivation(
             account_id=account.id,
             conversation_id=conversation_id,
-            password_hash=hash_password(password),
+            password_hash=password_hash,
             channel=kind,
             address=address,
             created_at=clock.now(),
         )
     )
-    code = otp.issue(uow, account, "activation", conversation_id)
-    _send_code(uow, kind, address, code, language)
-    _audit(uow, conversation_id, "activation.begin", "ok", account, channel=kind)
+    if already_sent:
+        _audit(uow, conversation_id, "activation.begin", "already_sent", account, channel=kind)
+    else:
+        code = otp.issue(uow, account, "activation", conversation_id)
+        _send_code(uow, kind, address, code, language)
+        _audit(uow, conversation_id, "activation.begin", "ok", account, channel=kind)
     uow.commit()
     return mask_address(kind, address)
 
@@ -490,6 +556,7 @@ def _pending(uow: UnitOfWork, account: Account, conversation_id: str) -> Pending
             PendingActivation.account_id == account.id, PendingActivation.conversation_id == conversation_id
         )
         .order_by(PendingActivation.id.desc())
+        .execution_options(populate_existing=True)
     ).first()
 
 
@@ -500,7 +567,9 @@ def complete_activation(uow: UnitOfWork, conversation_id: str, *, matricule_ref:
         VaultMiss: ``input_expired``.
         MatriculeInvalid: ``matricule_*``.
         CodeRejected: ``otp_wrong`` {tries_left}, ``otp_exhausted``, ``otp_expired`` (also when
-            nothing is pending for this conversation, e.g. a replay after success).
+            nothing is pending for this conversation, e.g. a replay after success with a code typed
+            again). The same step run again (the same ``otp_ref``, given before its code was
+            accepted) returns normally: the account is already active (audited ``already_done``).
     """
     matricule = _matricule(uow, conversation_id, matricule_ref)
     code = _reveal(uow, conversation_id, otp_ref, ("otp",))
@@ -510,11 +579,21 @@ def complete_activation(uow: UnitOfWork, conversation_id: str, *, matricule_ref:
         _pending(uow, account, conversation_id) if account is not None and account.state == "issued" else None
     )
     if account is None or pending is None:
+        if account is not None and _code_already_accepted(uow, conversation_id, account, "activation", code, otp_ref):
+            _audit(uow, conversation_id, action, "already_done", account)
+            uow.commit()
+            return
         _audit(uow, conversation_id, action, "nothing_pending", account)
         _fail(uow, CodeRejected("otp_expired"))
     try:
         otp.verify(uow, account, "activation", conversation_id, code)
     except CodeRejected as error:
+        if error.code == "otp_expired" and _code_already_accepted(
+            uow, conversation_id, account, "activation", code, otp_ref
+        ):  # a concurrent submission of the same step won
+            _audit(uow, conversation_id, action, "already_done", account)
+            uow.commit()
+            return
         _audit(uow, conversation_id, action, error.code, account)
         _fail(uow, error)
     now = clock.now()
@@ -532,15 +611,32 @@ def complete_activation(uow: UnitOfWork, conversation_id: str, *, matricule_ref:
 
 
 def resend_code(
-    uow: UnitOfWork, conversation_id: str, *, matricule_ref: str, purpose: str, language: str = "fr"
+    uow: UnitOfWork,
+    conversation_id: str,
+    *,
+    matricule_ref: str,
+    purpose: str,
+    language: str = "fr",
+    request_key: str | None = None,
 ) -> str:
     """Send a new one-time code for a pending activation or login of this conversation.
 
     The new code supersedes the older ones. For ``login`` the password must have been checked
-    by :func:`begin_login` in this conversation within ``DSP_SESSION_IDLE_SECONDS``.
+    by :func:`begin_login` in this conversation within ``DSP_SESSION_IDLE_SECONDS``. The user asks
+    for it explicitly, so a new request always sends one (within the hourly cap); but the same
+    request run again (same ``request_key``) while the code it sent, or a newer one, can still be
+    used sends nothing (audited ``already_sent``), also when two such calls run at once.
+
+    Args:
+        uow: Unit of work.
+        conversation_id: The conversation.
+        matricule_ref: Vault ref of the matricule.
+        purpose: ``activation`` or ``login``.
+        language: Language of the message.
+        request_key: Identity of the request (the gateway's ``turn_id``), or None (every call sends).
 
     Returns:
-        The masked address.
+        The masked address (also when the code was already sent for this request).
 
     Raises:
         VaultMiss: ``input_expired``.
@@ -571,9 +667,19 @@ def resend_code(
         if address_or_none is None or account.contact_channel is None:
             _fail(uow, CodeRejected("otp_expired"))
         channel, address = account.contact_channel, address_or_none
+    _lock_account(uow, account)
+    tagged: dict[str, str] = {}
+    if request_key:
+        tagged["request"] = idempotency.request_tag(conversation_id, request_key)
+        done = idempotency.done_by_request(uow, action=action, patient_id=account.patient_id, tag=tagged["request"])
+        current = otp.latest(uow, account, purpose, conversation_id)
+        if done is not None and current is not None and otp.usable(current):
+            _audit(uow, conversation_id, action, "already_sent", account, channel=channel, **tagged)
+            uow.commit()
+            return mask_address(channel, address)
     code = otp.issue(uow, account, purpose, conversation_id)
     _send_code(uow, channel, address, code, language)
-    _audit(uow, conversation_id, action, "ok", account, channel=channel)
+    _audit(uow, conversation_id, action, "ok", account, channel=channel, **tagged)
     uow.commit()
     return mask_address(channel, address)
 
@@ -621,8 +727,12 @@ def begin_login(
     that doubles with each failure (``login_delay``); at the 10th the account is locked for
     good (``account_locked``, helpdesk). One-time-code failures count too.
 
+    The same step run again (a usable login code sent to this conversation since ``password_ref``
+    was given, or within :data:`bot.dsp.otp.REPEAT_WINDOW_SECONDS`) sends no second code (audited
+    ``already_sent``); concurrent calls send one.
+
     Returns:
-        The masked address the code was sent to.
+        The masked address the code was sent to (also when it was already sent).
 
     Raises:
         VaultMiss: ``input_expired``.
@@ -657,9 +767,14 @@ def begin_login(
     if address is None or account.contact_channel is None:  # pragma: no cover - inconsistent data
         _audit(uow, conversation_id, action, "no_contact", account)
         _fail(uow, AuthError("account_not_active"))
-    code = otp.issue(uow, account, "login", conversation_id)
-    _send_code(uow, account.contact_channel, address, code, language)
-    _audit(uow, conversation_id, action, "ok", account, channel=account.contact_channel)
+    _lock_account(uow, account)
+    since = _first_code_since(uow, conversation_id, password_ref)
+    if otp.sent_since(uow, account, "login", conversation_id, since) is not None:
+        _audit(uow, conversation_id, action, "already_sent", account, channel=account.contact_channel)
+    else:
+        code = otp.issue(uow, account, "login", conversation_id)
+        _send_code(uow, account.contact_channel, address, code, language)
+        _audit(uow, conversation_id, action, "ok", account, channel=account.contact_channel)
     uow.commit()
     return mask_address(account.contact_channel, address)
 
@@ -696,6 +811,10 @@ def complete_login(uow: UnitOfWork, conversation_id: str, *, matricule_ref: str,
             no code was sent to this conversation). Wrong codes also count as login failures.
         AuthError: ``account_locked``, ``login_delay`` {retry_after_seconds} (a wrong code that
             reaches the lock threshold answers ``account_locked``).
+
+    The same step run again (the same ``otp_ref``, given before its code was accepted, while the
+    session it opened is live) returns that session's result and opens no other (audited
+    ``already_done``).
     """
     matricule = _matricule(uow, conversation_id, matricule_ref)
     code = _reveal(uow, conversation_id, otp_ref, ("otp",))
@@ -708,6 +827,13 @@ def complete_login(uow: UnitOfWork, conversation_id: str, *, matricule_ref: str,
     try:
         otp.verify(uow, account, "login", conversation_id, code)
     except CodeRejected as error:
+        done = None
+        if error.code == "otp_expired":  # a retried or concurrent submission of a step that succeeded?
+            done = _login_already_done(uow, conversation_id, account, code, otp_ref)
+        if done is not None:
+            _audit(uow, conversation_id, action, "already_done", account)
+            uow.commit()
+            return done
         if error.code != "otp_expired":
             failure = _register_failure(account)
             _audit(uow, conversation_id, action, error.code, account, failures=account.failed_logins)
@@ -720,6 +846,19 @@ def complete_login(uow: UnitOfWork, conversation_id: str, *, matricule_ref: str,
     _audit(uow, conversation_id, action, "ok", account)
     uow.commit()
     return result
+
+
+def _login_already_done(
+    uow: UnitOfWork, conversation_id: str, account: Account, code: str, otp_ref: str
+) -> LoginResult | None:
+    """The result of the login this step already completed (its code accepted, its session live), or None."""
+    if not _code_already_accepted(uow, conversation_id, account, "login", code, otp_ref):
+        return None
+    row = _live_session(uow, conversation_id)
+    if row is None or row.patient_id != account.patient_id:
+        return None
+    has_pin = account.pin_hash is not None and account.pin_conversation_id == conversation_id
+    return LoginResult(needs_terms=row.pending_terms, has_pin=has_pin)
 
 
 def _live_session(uow: UnitOfWork, conversation_id: str) -> LoginSession | None:
@@ -904,7 +1043,10 @@ def request_password_reset(
     Permanently locked accounts get no link (helpdesk only).
 
     Returns normally whether or not the account exists or the e-mail matches (the audit row
-    keeps the real outcome).
+    keeps the real outcome). The same step run again (an unused, unexpired token of the account
+    made since ``email_ref`` was given) sends no second mail and keeps that token valid (audited
+    ``already_sent``); concurrent calls send one. A new request (the e-mail given again) sends a
+    new link, as before.
 
     Raises:
         VaultMiss: ``input_expired``.
@@ -928,6 +1070,10 @@ def request_password_reset(
     else:
         outcome = "ok"
     if account is not None and outcome == "ok":
+        _lock_account(uow, account)
+        if _reset_sent_since(uow, account, vault.given_at(uow, conversation_id, email_ref)):
+            outcome = "already_sent"
+    if account is not None and outcome == "ok":
         now = clock.now()
         uow.session.execute(
             update(ResetToken)
@@ -949,6 +1095,21 @@ def request_password_reset(
         get_notifier(uow).send("email", account.patient.email or email, subject, body)
     _audit(uow, conversation_id, action, outcome, account)
     uow.commit()
+
+
+def _reset_sent_since(uow: UnitOfWork, account: Account, since: datetime) -> bool:
+    """True when an unused, unexpired reset token of the account was made at or after ``since``."""
+    return (
+        uow.session.scalars(
+            select(ResetToken.id).where(
+                ResetToken.account_id == account.id,
+                ResetToken.used_at.is_(None),
+                ResetToken.expires_at > clock.now(),
+                ResetToken.created_at >= since,
+            )
+        ).first()
+        is not None
+    )
 
 
 def _extract_token(value: str) -> str:
@@ -980,6 +1141,18 @@ def check_reset_token(uow: UnitOfWork, conversation_id: str, token_ref: str) -> 
         _fail(uow, ResetTokenInvalid())
 
 
+def _reset_already_done(uow: UnitOfWork, conversation_id: str, row: ResetToken, token_ref: str, password: str) -> bool:
+    """True (and audited ``already_done``, committed) when this step already set this password with this token."""
+    if not _same_step(uow, conversation_id, token_ref, row.used_at):
+        return False
+    account = uow.session.get(Account, row.account_id, populate_existing=True)
+    if account is None or not verify_password(account.password_hash, password):
+        return False
+    _audit(uow, conversation_id, "password_reset.complete", "already_done", account)
+    uow.commit()
+    return True
+
+
 def complete_password_reset(
     uow: UnitOfWork, conversation_id: str, *, token_ref: str, password_ref: str
 ) -> None:
@@ -989,6 +1162,10 @@ def complete_password_reset(
     is removed and every session of the holder ends. A permanent lock is *not* lifted: only the
     helpdesk can do that (it follows suspected guessing). If the password breaks the policy the
     token stays valid so that the holder can try another one.
+
+    The same step run again (the same ``token_ref``, given before the token was used, and the
+    password it set still in place) returns normally and changes nothing (audited ``already_done``)
+    instead of calling the used link invalid.
 
     Raises:
         VaultMiss: ``input_expired``.
@@ -1002,6 +1179,9 @@ def complete_password_reset(
         select(ResetToken).where(ResetToken.token_hash == keyed_hash("reset", token))
     ).first()
     now = clock.now()
+    if row is not None and row.used_at is not None and _reset_already_done(uow, conversation_id, row, token_ref,
+                                                                            password):
+        return
     if row is None or row.used_at is not None or row.expires_at <= now:
         account = uow.session.get(Account, row.account_id) if row is not None else None
         _audit(uow, conversation_id, action, "reset_token_invalid", account)
@@ -1015,6 +1195,9 @@ def complete_password_reset(
         update(ResetToken).where(ResetToken.id == row.id, ResetToken.used_at.is_(None)).values(used_at=now)
     )
     if claimed.rowcount != 1:
+        uow.session.refresh(row)
+        if _reset_already_done(uow, conversation_id, row, token_ref, password):  # a concurrent twin won
+            return
         _audit(uow, conversation_id, action, "reset_token_invalid", account)
         _fail(uow, ResetTokenInvalid())
     account.password_hash = hash_password(password)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from bot.dsp import audit, clock
+from bot.dsp import audit, clock, idempotency
 from bot.dsp.accounts import _live_session
 from bot.dsp.errors import AccessDenied, AuthError
 from bot.dsp.matricule import normalize_matricule
@@ -64,6 +64,7 @@ def _in_force(uow: UnitOfWork, holder_patient_id: int, assistant_patient_id: int
             AssistantDesignation.revoked_at.is_(None),
         )
         .order_by(AssistantDesignation.id)
+        .execution_options(populate_existing=True)
     ).first()
 
 
@@ -108,8 +109,9 @@ def designate_assistant(
 ) -> bool:
     """Designate a patient as assistant of a holder (done on the eSanté portal; here by the admin).
 
-    Idempotent: a designation already in force is kept. Audited ``assistant.designate`` with the
-    holder as patient and ``patient:<assistant id>`` as object; committed.
+    Idempotent: a designation already in force is kept, also when two calls run at once (a lock on
+    the pair is taken before the check). Audited ``assistant.designate`` with the holder as patient
+    and ``patient:<assistant id>`` as object (outcome ``unchanged`` for the second); committed.
 
     Args:
         uow: Unit of work.
@@ -129,6 +131,7 @@ def designate_assistant(
     assistant = _patient_by_matricule(uow, assistant_matricule)
     if holder.id == assistant.id:
         raise ValueError("a holder cannot be their own assistant")
+    idempotency.serialize(uow, f"designation:{holder.id}:{assistant.id}")
     created = _in_force(uow, holder.id, assistant.id) is None
     if created:
         uow.session.add(
@@ -164,6 +167,7 @@ def revoke_assistant(uow: UnitOfWork, *, holder_matricule: str, assistant_matric
     """
     holder = _patient_by_matricule(uow, holder_matricule)
     assistant = _patient_by_matricule(uow, assistant_matricule)
+    idempotency.serialize(uow, f"designation:{holder.id}:{assistant.id}")
     now = clock.now()
     rows = list(
         uow.session.scalars(
@@ -172,6 +176,7 @@ def revoke_assistant(uow: UnitOfWork, *, holder_matricule: str, assistant_matric
                 AssistantDesignation.assistant_patient_id == assistant.id,
                 AssistantDesignation.revoked_at.is_(None),
             )
+            .execution_options(populate_existing=True)
         )
     )
     for row in rows:
@@ -255,10 +260,10 @@ def act_for(uow: UnitOfWork, conversation_id: str, holder_patient_id: int) -> As
     """Switch the conversation's session to a holder's record ("confirmez l'action").
 
     Every later service of this session acts on the holder's record, as long as the designation
-    stays in force. A switch to another holder replaces the current one. Audited
-    ``assistant.switch`` with both ids (actor the assistant, patient the holder,
-    ``on_behalf_of``); a refusal is audited on the user's own record with object
-    ``patient:<id asked>``.
+    stays in force. A switch to another holder replaces the current one; a switch to the holder
+    already acted for (a retried request) changes nothing. Audited ``assistant.switch`` with both
+    ids (actor the assistant, patient the holder, ``on_behalf_of``), outcome ``ok`` or
+    ``unchanged``; a refusal is audited on the user's own record with object ``patient:<id asked>``.
 
     Raises:
         AuthError: ``not_logged_in``, ``terms_pending``.
@@ -277,8 +282,9 @@ def act_for(uow: UnitOfWork, conversation_id: str, holder_patient_id: int) -> As
             uow, _own_context(conversation_id, session), action, "not_designated", f"patient:{holder_patient_id}"
         )
         _fail(uow, AccessDenied("not_designated"))
+    outcome = "unchanged" if session.acting_for_patient_id == holder.id else "ok"
     session.acting_for_patient_id = holder.id
-    audit_record(uow, RecordContext(conversation_id, session.patient_id, holder.id), action, "ok")
+    audit_record(uow, RecordContext(conversation_id, session.patient_id, holder.id), action, outcome)
     uow.commit()
     return AssistedPerson(holder.id, _display_name(holder))
 

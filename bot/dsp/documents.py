@@ -15,6 +15,12 @@ Rules:
 * files are stored under ``<DSP_STATE_DIR>/documents/<uuid4 hex>`` (directory 0700, files 0600,
   written to a temporary name then renamed) with their SHA-256; a refused file is never written;
 * a staged upload lives one hour unless filed (:func:`purge_expired_uploads` removes the rest);
+* idempotent (issue 9), under a lock on the record (:func:`bot.dsp.idempotency.serialize`): the same
+  bytes uploaded again in the conversation while they wait for their type give back the same staged
+  upload (no second file); filing the same upload again (same ``upload_ref``, a retried request or
+  two at once) gives back the document it became, for :data:`UPLOAD_TTL` after filing (its stored
+  file is named after the reference, so the reference still finds it once the staged row is gone);
+  the same content as a document of the record is refused (``file_duplicate``: "already there");
 * every outcome is audited, refusals included, without any personal value (no file name, no
   title): the audit row says who, for whom, which record, which object (``document:<id>``).
 """
@@ -33,16 +39,17 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import func, select
 
-from bot.dsp import audit, clock
+from bot.dsp import audit, clock, idempotency
 from bot.dsp.access import _display_name as professional_name  # "Dr Anne Müller", as the directory shows
 from bot.dsp.errors import AccessDenied, UploadRejected
 from bot.dsp.orm import Document, Patient, Professional, StagedUpload
 from bot.dsp.records import RecordContext, audit_record, audited_context, commit_and_raise, record_context
+from bot.dsp.security import keyed_hash
 from bot.dsp.settings import get_settings
 
 if TYPE_CHECKING:
@@ -264,6 +271,19 @@ def _info(uow: UnitOfWork, row: Document) -> DocumentInfo:
         author_kind=kind,
         sha256=row.sha256,
     )
+
+
+def _lock_record(uow: UnitOfWork, context: RecordContext) -> None:
+    """Serialize the writes of documents to this record (across processes, until commit)."""
+    idempotency.serialize(uow, f"record:{context.holder_patient_id}")
+
+
+def _upload_storage_name(conversation_id: str, upload_ref: str) -> str:
+    """The file name of a staged upload, derived from its reference (32 hex digits, keyed).
+
+    The document filed from it keeps the name, so a retried filing finds it from the reference alone.
+    """
+    return keyed_hash("upload-file", f"{conversation_id}\x00{upload_ref}")[:32]
 
 
 def _documents_dir() -> Path:
@@ -512,7 +532,8 @@ def stage_upload(uow: UnitOfWork, conversation_id: str, data: bytes, filename: s
 
     Returns:
         The staged file (reference, detected format, size). A file of the same conversation still
-        waiting for its type is replaced (deleted).
+        waiting for its type is replaced (deleted), unless it has the same content: then that staged
+        file is returned (a retried upload; audited ``already_staged``) and nothing is written.
 
     Raises:
         AuthError: ``not_logged_in``, ``terms_pending`` (checked first: nothing is read or stored).
@@ -527,37 +548,53 @@ def stage_upload(uow: UnitOfWork, conversation_id: str, data: bytes, filename: s
     settings = get_settings()
     size = len(data)
     fmt = ""
-    try:
-        if size == 0:
-            raise UploadRejected("file_empty")
-        if size > settings.upload_max_mb * _MB:
-            raise _rejected("file_too_large")
-        fmt = detect_format(data)
-        digest = hashlib.sha256(data).hexdigest()
-        existing = uow.session.scalars(
-            select(Document)
-            .where(Document.patient_id == context.holder_patient_id, Document.sha256 == digest)
-            .order_by(Document.created_at)
-        ).first()
-        if existing is not None:
-            raise UploadRejected("file_duplicate", date=local_date(existing.created_at))
-        now = clock.now()
-        if _holder_bytes(uow, context.holder_patient_id, now) + size > settings.document_quota_mb * _MB:
-            raise _rejected("quota_exceeded")
-    except UploadRejected as error:
+
+    def refuse(error: UploadRejected) -> NoReturn:
         if fmt:
             audit_record(uow, context, action, error.code, format=fmt, size_bytes=size)
         else:
             audit_record(uow, context, action, error.code, size_bytes=size)
         _fail(uow, error)
+
+    try:  # the content alone: no lock held while a file is parsed
+        if size == 0:
+            raise UploadRejected("file_empty")
+        if size > settings.upload_max_mb * _MB:
+            raise _rejected("file_too_large")
+        fmt = detect_format(data)
+    except UploadRejected as error:
+        refuse(error)
+    digest = hashlib.sha256(data).hexdigest()
+    _lock_record(uow, context)
+    existing = uow.session.scalars(
+        select(Document)
+        .where(Document.patient_id == context.holder_patient_id, Document.sha256 == digest)
+        .order_by(Document.created_at)
+    ).first()
+    if existing is not None:
+        refuse(UploadRejected("file_duplicate", date=local_date(existing.created_at)))
+    now = clock.now()
+    waiting = _staged_in_conversation(uow, conversation_id)
+    for earlier in waiting:
+        if (
+            earlier.sha256 == digest
+            and earlier.expires_at > now
+            and (earlier.patient_id, earlier.author_patient_id) == (context.holder_patient_id, context.user_patient_id)
+        ):  # the same bytes again (a retried upload): the same staged upload, no second file
+            audit_record(uow, context, action, "already_staged", f"upload:{earlier.id}", format=fmt, size_bytes=size)
+            uow.commit()
+            return StagedFile(ref=earlier.ref, format=earlier.format, size_bytes=earlier.size_bytes)
+    if _holder_bytes(uow, context.holder_patient_id, now) + size > settings.document_quota_mb * _MB:
+        refuse(_rejected("quota_exceeded"))
     # One file waits for its type per conversation: a new one replaces (and deletes) the earlier one.
-    for earlier in uow.session.scalars(select(StagedUpload).where(StagedUpload.conversation_id == conversation_id)):
+    for earlier in waiting:
         audit_record(uow, context, "document.discard", "replaced", f"upload:{earlier.id}")
         _drop_staged(uow, earlier)
-    storage_name = store_file(data)
+    ref = "up_" + secrets.token_urlsafe(18)
+    storage_name = store_file(data, _upload_storage_name(conversation_id, ref))
     try:
         row = StagedUpload(
-            ref="up_" + secrets.token_urlsafe(18),
+            ref=ref,
             conversation_id=conversation_id,
             patient_id=context.holder_patient_id,
             author_patient_id=context.user_patient_id,
@@ -580,6 +617,30 @@ def stage_upload(uow: UnitOfWork, conversation_id: str, data: bytes, filename: s
     return StagedFile(ref=row.ref, format=fmt, size_bytes=size)
 
 
+def _staged_in_conversation(uow: UnitOfWork, conversation_id: str) -> list[StagedUpload]:
+    return list(
+        uow.session.scalars(
+            select(StagedUpload)
+            .where(StagedUpload.conversation_id == conversation_id)
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+def _filed_from(uow: UnitOfWork, context: RecordContext, upload_ref: str, now: datetime) -> Document | None:
+    """The document filed from this upload reference, by this user, on this record, within UPLOAD_TTL."""
+    if not isinstance(upload_ref, str) or not upload_ref:
+        return None
+    return uow.session.scalars(
+        select(Document).where(
+            Document.storage_name == _upload_storage_name(context.conversation_id, upload_ref),
+            Document.patient_id == context.holder_patient_id,
+            Document.author_patient_id == context.user_patient_id,
+            Document.created_at > now - UPLOAD_TTL,
+        )
+    ).first()
+
+
 def _staged(uow: UnitOfWork, context: RecordContext, upload_ref: str) -> StagedUpload | None:
     """The staged upload behind a reference, if it was made in this conversation, by this user, for this record."""
     return uow.session.scalars(
@@ -589,6 +650,7 @@ def _staged(uow: UnitOfWork, context: RecordContext, upload_ref: str) -> StagedU
             StagedUpload.patient_id == context.holder_patient_id,
             StagedUpload.author_patient_id == context.user_patient_id,
         )
+        .execution_options(populate_existing=True)
     ).first()
 
 
@@ -607,20 +669,29 @@ def file_document(uow: UnitOfWork, conversation_id: str, upload_ref: str, doc_ty
         doc_type: One of :data:`DOCUMENT_TYPES`.
 
     Returns:
-        The new document. Its title is the file name's stem, or ``Document <dd/mm/yyyy>``.
+        The new document. Its title is the file name's stem, or ``Document <dd/mm/yyyy>``. Filing
+        the same upload again (a retried request, or two at once) returns the document it became,
+        unchanged, for :data:`UPLOAD_TTL` after filing (audited ``already_filed``).
 
     Raises:
         AuthError: ``not_logged_in``, ``terms_pending``.
         AccessDenied: ``assistant_revoked``.
         UploadRejected: ``upload_expired`` (unknown, expired, or staged in another conversation,
             by another user or for another record); ``document_type_unknown`` (the upload stays
-            staged); ``file_duplicate`` {date} when the same content was filed meanwhile (the
-            upload is dropped).
+            staged); ``file_duplicate`` {date} when the same content was filed meanwhile from
+            another upload (the upload is dropped).
     """
     action = "document.file"
     context = _context(uow, conversation_id, action)
+    _lock_record(uow, context)
     row = _staged(uow, context, upload_ref)
     now = clock.now()
+    if row is None:
+        filed = _filed_from(uow, context, upload_ref, now)
+        if filed is not None:
+            audit_record(uow, context, action, "already_filed", f"document:{filed.id}")
+            uow.commit()
+            return _info(uow, filed)
     if row is None or row.expires_at <= now:
         if row is not None:
             _drop_staged(uow, row)

@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, NoReturn
 
 from sqlalchemy import case, select, update
 
-from bot.dsp import audit, clock
+from bot.dsp import audit, clock, idempotency
 from bot.dsp.errors import DspError, HelpdeskError
 from bot.dsp.orm import AgentSession, HelpdeskAgent, LoginProbe, Ticket, TicketMessage
 from bot.dsp.passwords import check_password_policy, hash_password, verify_password
-from bot.dsp.security import keyed_hash
+from bot.dsp.security import conversation_tag, keyed_hash
 from bot.gateway import redact
 
 if TYPE_CHECKING:
@@ -304,6 +304,7 @@ def _active_row(uow: UnitOfWork, conversation_id: str) -> Ticket | None:
         select(Ticket)
         .where(Ticket.conversation_id == conversation_id, Ticket.status.in_(("open", "claimed")))
         .order_by(Ticket.id.desc())
+        .execution_options(populate_existing=True)
     ).first()
 
 
@@ -407,7 +408,8 @@ def open_ticket(
 ) -> TicketInfo:
     """Open the conversation's ticket, or return the one already open or claimed.
 
-    Idempotent: a second call while a ticket is open or claimed returns that ticket, after adding the
+    Idempotent: a second call while a ticket is open or claimed returns that ticket (also when two
+    calls run at once: a lock on the conversation is taken before the check), after adding the
     transcript lines it does not have yet (those after the longest overlap of its end with the new
     transcript's start). Texts are redacted; a line is cut at :data:`MAX_TEXT_CHARS` and only the latest
     :data:`MAX_TRANSCRIPT_LINES` are kept. Audited (actor ``assistant``, ``helpdesk.ticket.open``).
@@ -438,6 +440,7 @@ def open_ticket(
         text = _clean_line(line.text)
         if text:
             lines.append([line.speaker, text])
+    idempotency.serialize(uow, f"ticket:{conversation_tag(conversation_id)}")
     existing = _active_row(uow, conversation_id)
     if existing is not None:
         old: list[list[str]] = json.loads(existing.transcript_json or "[]")

@@ -9,11 +9,15 @@ Rules: 6 digits; valid ``DSP_OTP_TTL_SECONDS`` (at most 600 s); stored only as H
 the pepper; single use; at most 5 wrong tries per code, then ``otp_exhausted`` (a new code is
 needed); issuing a new code supersedes the older unused ones of the same purpose.
 A replayed (already used) or superseded code answers ``otp_expired``.
+
+Idempotency (issue 9): the services ask :func:`sent_since` under a lock on the account before they
+issue, so that a step that runs again (same step retried, or repeated within
+:data:`REPEAT_WINDOW_SECONDS`) sends no second code while the first can still be used.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pyotp
@@ -33,6 +37,9 @@ MAX_ATTEMPTS = 5
 #: nobody can flood a holder's phone or mailbox by asking again and again.
 MAX_CODES_PER_HOUR = 8
 PURPOSES = ("activation", "login")
+#: A step that sent a code and is repeated less than this many seconds later sends none: the code
+#: just sent is still usable (the conversation is told where it went).
+REPEAT_WINDOW_SECONDS = 60
 
 
 def _hash(account_id: int, purpose: str, code: str) -> str:
@@ -89,7 +96,7 @@ def issue(uow: UnitOfWork, account: Account, purpose: str, conversation_id: str)
 
 
 def latest(uow: UnitOfWork, account: Account, purpose: str, conversation_id: str) -> OneTimeCode | None:
-    """Return the newest code of that purpose issued to that conversation, if any."""
+    """Return the newest code of that purpose issued to that conversation, if any (freshly read)."""
     return uow.session.scalars(
         select(OneTimeCode)
         .where(
@@ -99,7 +106,46 @@ def latest(uow: UnitOfWork, account: Account, purpose: str, conversation_id: str
         )
         .order_by(OneTimeCode.id.desc())
         .limit(1)
+        .execution_options(populate_existing=True)
     ).first()
+
+
+def usable(row: OneTimeCode, now: datetime | None = None) -> bool:
+    """Tell whether a code can still be typed: not used, superseded, expired or exhausted."""
+    now = now or clock.now()
+    return (
+        row.used_at is None and row.superseded_at is None and row.expires_at > now and row.attempts < MAX_ATTEMPTS
+    )
+
+
+def sent_since(
+    uow: UnitOfWork, account: Account, purpose: str, conversation_id: str, since: datetime
+) -> OneTimeCode | None:
+    """Return the newest code of this purpose sent to this conversation at or after ``since``, if usable.
+
+    Call it under :func:`bot.dsp.idempotency.serialize` on the account, then issue only when it
+    returns None: two concurrent calls then send one code.
+
+    Args:
+        uow: Unit of work.
+        account: The account.
+        purpose: ``activation`` or ``login``.
+        conversation_id: The conversation.
+        since: Naive UTC time (e.g. when the step's input was given, or the start of the window).
+
+    Returns:
+        The code's row, or None when none was sent since then or it can no longer be used.
+    """
+    row = latest(uow, account, purpose, conversation_id)
+    if row is None or row.created_at < since or not usable(row):
+        return None
+    return row
+
+
+def matches(account: Account, row: OneTimeCode, code: str) -> bool:
+    """Tell whether ``code`` (as typed, spaces ignored) is the code of ``row`` (constant-time compare)."""
+    typed = "".join((code or "").split())
+    return typed.isascii() and typed.isdigit() and same_hash(row.code_hash, _hash(account.id, row.purpose, typed))
 
 
 def verify(uow: UnitOfWork, account: Account, purpose: str, conversation_id: str, code: str) -> None:
@@ -123,8 +169,7 @@ def verify(uow: UnitOfWork, account: Account, purpose: str, conversation_id: str
         raise CodeRejected("otp_expired")
     if row.attempts >= MAX_ATTEMPTS:
         raise CodeRejected("otp_exhausted")
-    typed = "".join((code or "").split())
-    if typed.isascii() and typed.isdigit() and same_hash(row.code_hash, _hash(account.id, purpose, typed)):
+    if matches(account, row, code):
         # Single use even under parallel requests: only the request that flips used_at wins.
         claimed = uow.session.execute(
             update(OneTimeCode).where(OneTimeCode.id == row.id, OneTimeCode.used_at.is_(None)).values(used_at=now)

@@ -8,7 +8,7 @@ after ``DSP_VAULT_TTL_SECONDS``.
 from __future__ import annotations
 
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from cryptography.fernet import InvalidToken
@@ -77,6 +77,31 @@ def reveal(uow: UnitOfWork, conversation_id: str, ref: str) -> tuple[str, str]:
     except InvalidToken:
         raise VaultMiss() from None
     return entry.kind, value
+
+
+def given_at(uow: UnitOfWork, conversation_id: str, ref: str) -> datetime:
+    """Return when a protected input was given (stored), to tell a retried step from a new one.
+
+    A step that runs again carries the same references; an effect made at or after its input
+    was given is that step's own (see :mod:`bot.dsp.idempotency`).
+
+    Args:
+        uow: Unit of work.
+        conversation_id: The asking conversation; must be the one that stored it.
+        ref: Reference returned by :func:`put`.
+
+    Returns:
+        The time it was stored (naive UTC, the domain clock).
+
+    Raises:
+        VaultMiss: ``input_expired`` if the ref is unknown, expired or from another conversation.
+    """
+    if not ref or not isinstance(ref, str):
+        raise VaultMiss()
+    entry = uow.session.scalars(select(VaultEntry).where(VaultEntry.ref == ref)).first()
+    if entry is None or entry.conversation_id != conversation_id or entry.expires_at <= clock.now():
+        raise VaultMiss()
+    return entry.created_at
 
 
 def discard(uow: UnitOfWork, conversation_id: str) -> None:
