@@ -11,6 +11,13 @@ import pytest
 from tests.support import RasaTracker, free_port, test_env
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--dsp-db``: which database the domain-layer tests (tests/dsp) run on (see tests/dsp/conftest.py)."""
+    parser.addoption("--dsp-db", choices=("auto", "sqlite", "postgresql"), default="auto",
+                     help="auto (default): every DSP test on SQLite, the record/account modules on PostgreSQL too; "
+                          "sqlite: SQLite only; postgresql: every DSP test on PostgreSQL only")
+
+
 @dataclass
 class Running:
     """The running services of a test session."""

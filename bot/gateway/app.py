@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field
 from bot.dsp import DspError, documents, helpdesk, imaging, vault
 from bot.dsp import get_settings as dsp_settings
 from bot.dsp.uow import UnitOfWork
-from bot.gateway import console, messages, redact, store, viewer, views, voice, web
+from bot.gateway import cluster, console, messages, redact, replies, store, viewer, views, voice, web
 from bot.gateway import language as lang
 from bot.gateway.settings import get_settings
 
@@ -212,24 +212,22 @@ class Gateway:
     """State shared by the requests of one gateway process: the HTTP client and turn locks."""
 
     def __init__(self) -> None:
-        self.client = httpx.AsyncClient(timeout=get_settings().rasa_timeout_s)
-        self.locks = ConversationLocks()
+        settings = get_settings()
+        self.client = httpx.AsyncClient(timeout=settings.rasa_timeout_s)
+        self.locks = cluster.make_locks(settings, ConversationLocks)  # Redis ones when REDIS_URL is set
+        self.cluster = cluster.RasaCluster.from_settings(settings)  # RASA_URLS, failover
 
     async def rasa_turn(self, state: store.ConversationState, message: str) -> list[dict[str, Any]]:
         """Send one message to Rasa's REST channel and return Rasa's raw messages.
 
+        The turn runs exactly once on one of the Rasa instances (`bot.gateway.cluster`), with its
+        turn id (the request's Idempotency-Key, else a random one) in the message's metadata.
+
         Raises:
             httpx.HTTPError: Rasa unreachable or failing.
         """
-        settings = get_settings()
-        response = await self.client.post(
-            f"{settings.rasa_url}/webhooks/rest/webhook",
-            json={"sender": state.conversation_id, "message": message,
-                  "metadata": {"language": state.language}},
-        )
-        response.raise_for_status()
-        result = response.json()
-        return result if isinstance(result, list) else []
+        return await self.cluster.turn(state.conversation_id, message, {"language": state.language},
+                                       cluster.next_turn_id())
 
     @staticmethod
     def to_reply(state: store.ConversationState, raw: list[dict[str, Any]]) -> Reply:
@@ -469,8 +467,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logging.getLogger("bot").setLevel(logging.INFO)
     await asyncio.to_thread(store.create_tables)
     await asyncio.to_thread(lang.warm_up)
+    await asyncio.to_thread(replies.maybe_purge)
     app.state.gateway = Gateway()
     yield
+    await app.state.gateway.cluster.aclose()
+    if hasattr(app.state.gateway.locks, "aclose"):
+        await app.state.gateway.locks.aclose()
     await app.state.gateway.client.aclose()
 
 
@@ -530,27 +532,33 @@ async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 @app.post("/v1/conversations/{conversation_id}/messages", response_model=Reply,
           dependencies=[Depends(require_key)], response_model_exclude_none=False)
-async def post_message(conversation_id: ConversationId, body: MessageIn, request: Request) -> Reply:
+async def post_message(conversation_id: ConversationId, body: MessageIn, request: Request,
+                       idempotency_key: cluster.IdempotencyKey = None) -> Reply:
     """Send the user's text, or the payload of a button the gateway offered, and get the replies."""
     gateway = gateway_of(request)
-    async with gateway.locks.hold(conversation_id):
+    async with cluster.turn_guard(gateway.locks, conversation_id, idempotency_key) as guard:
+        if guard.stored is not None:
+            return Reply.model_validate(guard.stored)
         state = await asyncio.to_thread(store.load, conversation_id)
         if body.payload is not None:
-            return await gateway.handle_payload(state, body.payload, body.language)
-        return await gateway.handle_text(state, body.text or "", body.language)
+            return guard.keep(await gateway.handle_payload(state, body.payload, body.language))
+        return guard.keep(await gateway.handle_text(state, body.text or "", body.language))
 
 
 @app.post("/v1/conversations/{conversation_id}/protected", response_model=Reply,
           dependencies=[Depends(require_key)])
-async def post_protected(conversation_id: ConversationId, body: ProtectedIn, request: Request) -> Reply:
+async def post_protected(conversation_id: ConversationId, body: ProtectedIn, request: Request,
+                         idempotency_key: cluster.IdempotencyKey = None) -> Reply:
     """Answer the pending protected-input request; the value goes to the DSP vault, never to Rasa."""
     gateway = gateway_of(request)
-    async with gateway.locks.hold(conversation_id):
+    async with cluster.turn_guard(gateway.locks, conversation_id, idempotency_key) as guard:
+        if guard.stored is not None:
+            return Reply.model_validate(guard.stored)
         state = await asyncio.to_thread(store.load, conversation_id)
         if not state.pending_kind or (body.kind is not None and body.kind != state.pending_kind):
             # Nothing asked, or an answer to an earlier question (a repeated post) — never reuse it.
             raise HTTPException(status.HTTP_409_CONFLICT, messages.text("nothing_pending", state.language))
-        return await gateway.answer_protected(state, body.value)
+        return guard.keep(await gateway.answer_protected(state, body.value))
 
 
 def upload_limit_bytes() -> int:
@@ -574,7 +582,8 @@ def stage_file(conversation_id: str, data: bytes, filename: str | None) -> docum
 
 @app.post("/v1/conversations/{conversation_id}/files", response_model=Reply,
           dependencies=[Depends(require_key)])
-async def post_file(conversation_id: ConversationId, request: Request) -> Reply:
+async def post_file(conversation_id: ConversationId, request: Request,
+                    idempotency_key: cluster.IdempotencyKey = None) -> Reply:
     """Send a file (multipart field `file`, optional field `language`) for the record.
 
     The type is decided from the content, never from the name or the declared type. Refused files
@@ -584,7 +593,9 @@ async def post_file(conversation_id: ConversationId, request: Request) -> Reply:
     """
     gateway = gateway_of(request)
     limit = upload_limit_bytes()
-    async with gateway.locks.hold(conversation_id):
+    async with cluster.turn_guard(gateway.locks, conversation_id, idempotency_key) as guard:
+        if guard.stored is not None:  # a retry: the file was taken the first time
+            return Reply.model_validate(guard.stored)
         state = await asyncio.to_thread(store.load, conversation_id)
         held = await gateway.held_by_agent(state)
         if held is not None:
@@ -631,7 +642,7 @@ async def post_file(conversation_id: ConversationId, request: Request) -> Reply:
         reply.upload = UploadOutcome(accepted=staged is not None, error=error,
                                      format=staged.format if staged else None,
                                      size_bytes=staged.size_bytes if staged else None)
-        return reply
+        return guard.keep(reply)
 
 
 @app.get("/v1/conversations/{conversation_id}/downloads/{token}", dependencies=[Depends(require_key)])
@@ -760,25 +771,13 @@ async def get_outboxes(prefix: OutboxPrefix, wait: Wait = 0) -> Outbox:
 
 @app.get("/health")
 async def health(request: Request) -> JSONResponse:
-    """Return 200 only when Rasa has a model loaded and the action server answers."""
-    settings = get_settings()
-    client = gateway_of(request).client
-    checks = {"rasa_model": False, "action_server": False}
-    try:
-        status_response = await client.get(f"{settings.rasa_url}/status", params={"token": settings.rasa_token},
-                                           timeout=5)
-        checks["rasa_model"] = status_response.status_code == 200 and bool(
-            status_response.json().get("model_id") or status_response.json().get("model_file"))
-    except (httpx.HTTPError, ValueError):
-        pass
-    try:
-        actions = await client.get(f"{settings.action_server_url}/health", timeout=5)
-        checks["action_server"] = actions.status_code == 200
-    except httpx.HTTPError:
-        pass
-    healthy = all(checks.values())
-    return JSONResponse({"status": "ok" if healthy else "unavailable", **checks},
-                        status_code=200 if healthy else 503)
+    """Return 200 while a Rasa instance has its model loaded and an action server answers.
+
+    The body says it for each: {"status", "rasa_model", "action_server", "rasa": [{"instance", "up"}],
+    "actions": [{"instance", "up"}]} (instances numbered in RASA_URLS / ACTION_SERVER_URLS order).
+    """
+    healthy, body = await cluster.health(gateway_of(request).cluster, get_settings().action_server_urls)
+    return JSONResponse(body, status_code=200 if healthy else 503)
 
 
 # --------------------------------------------------------------------------- voice front ends
@@ -929,7 +928,8 @@ async def spoken_turn(gateway: Gateway, state: store.ConversationState, heard: s
 
 
 @app.post("/v1/voice/{conversation_id}", response_model=VoiceReply, dependencies=[Depends(require_key)])
-async def post_voice(conversation_id: ConversationId, body: VoiceIn, request: Request) -> Any:
+async def post_voice(conversation_id: ConversationId, body: VoiceIn, request: Request,
+                     idempotency_key: cluster.IdempotencyKey = None) -> Any:
     """One turn of a voice front end: what was heard in, what to say (text and SSML) out.
 
     The front end does speech recognition and synthesis. Spoken choices ("deux", "option 2", "le
@@ -941,16 +941,30 @@ async def post_voice(conversation_id: ConversationId, body: VoiceIn, request: Re
     are spoken too (same body, with the error's status code).
     """
     gateway = gateway_of(request)
-    async with gateway.locks.hold(conversation_id):
-        state = await asyncio.to_thread(store.load, conversation_id)
-        requested = (body.language or "").strip().lower()
-        if requested in SUPPORTED_LANGUAGES:
-            state.language = requested
+    try:
+        async with cluster.turn_guard(gateway.locks, conversation_id, idempotency_key) as guard:
+            if guard.stored is not None:
+                return VoiceReply.model_validate(guard.stored)
+            state = await asyncio.to_thread(store.load, conversation_id)
+            requested = (body.language or "").strip().lower()
+            if requested in SUPPORTED_LANGUAGES:
+                state.language = requested
+            try:
+                return guard.keep(await voice_turn(gateway, state, body.text, requested or None))
+            except HTTPException as exc:
+                return spoken_error(state, exc)
+    except HTTPException as exc:  # the conversation's lock: busy (429) or unavailable (503)
         try:
-            return await voice_turn(gateway, state, body.text, requested or None)
-        except HTTPException as exc:
-            lang = voice_language(state)
-            speech = voice.speech_of(voice.say([str(exc.detail)], lang), lang)
-            pending = ProtectedInput(kind=state.pending_kind) if state.pending_kind else None
-            content = VoiceReply(text=speech.text, ssml=speech.ssml, protected_input=pending, language=lang)
-            return JSONResponse(content.model_dump(), status_code=exc.status_code)
+            state = await asyncio.to_thread(store.load, conversation_id)
+        except Exception:  # noqa: BLE001 - the database may be what fails: speak in the default language
+            state = store.ConversationState(conversation_id)
+        return spoken_error(state, exc)
+
+
+def spoken_error(state: store.ConversationState, exc: HTTPException) -> JSONResponse:
+    """Return an error of the voice endpoint as a VoiceReply body with the error's status code."""
+    lang = voice_language(state)
+    speech = voice.speech_of(voice.say([str(exc.detail)], lang), lang)
+    pending = ProtectedInput(kind=state.pending_kind) if state.pending_kind else None
+    content = VoiceReply(text=speech.text, ssml=speech.ssml, protected_input=pending, language=lang)
+    return JSONResponse(content.model_dump(), status_code=exc.status_code, headers=exc.headers)

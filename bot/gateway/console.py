@@ -391,12 +391,21 @@ async def close(request: Request, ticket_id: TicketId, csrf: Annotated[str, Form
 
 # --------------------------------------------------------------------------- triage
 async def parse_intent(text: str) -> tuple[str | None, float] | None:
-    """Return (intent, confidence) from Rasa's NLU for a redacted text, or None when Rasa does not answer."""
+    """Return (intent, confidence) from Rasa's NLU for a redacted text, or None when Rasa does not answer.
+
+    Each Rasa instance of RASA_URLS is asked in turn until one answers (production layout).
+    """
     settings = get_settings()
     try:
         async with httpx.AsyncClient(timeout=RASA_PARSE_TIMEOUT_S) as client:
-            response = await client.post(f"{settings.rasa_url}/model/parse", params={"token": settings.rasa_token},
-                                         json={"text": text})
+            for n, url in enumerate(settings.rasa_urls or (settings.rasa_url,), start=1):
+                try:
+                    response = await client.post(f"{url}/model/parse", params={"token": settings.rasa_token},
+                                                 json={"text": text})
+                    break
+                except httpx.TransportError:
+                    if n == len(settings.rasa_urls or (settings.rasa_url,)):
+                        raise
         if response.status_code != 200:
             logger.warning("triage: Rasa answered %s", response.status_code)
             return None

@@ -35,6 +35,11 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "The assistant is briefly unavailable. Nothing is lost: try again in a moment, "
               "or call the helpdesk on +352 27 12 50 18 33.",
     },
+    "busy": {
+        "fr": "Je traite encore votre message précédent. Patientez un instant, puis réessayez.",
+        "de": "Ich bearbeite noch Ihre vorherige Nachricht. Warten Sie einen Moment und versuchen Sie es dann erneut.",
+        "en": "I am still working on your previous message. Wait a moment, then try again.",
+    },
     "invalid": {
         "fr": "Cette demande n'a pas la forme attendue ; rien n'a été enregistré.",
         "de": "Diese Anfrage hat nicht die erwartete Form; nichts wurde gespeichert.",

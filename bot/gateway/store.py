@@ -12,17 +12,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, String, Text, select
+from sqlalchemy import DateTime, MetaData, String, Text, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from bot.dsp.db import get_engine, get_sessionmaker
+from bot.dsp.db import NAMING_CONVENTION, get_engine, get_sessionmaker
 
 #: How many offered payloads are remembered per conversation (newest kept).
 MAX_OFFERED = 60
 
 
 class GatewayBase(DeclarativeBase):
-    """Declarative base of the gateway's own tables (same database as the DSP)."""
+    """Declarative base of the gateway's own tables (same database as the DSP; migrations: bot/schema.py)."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class ConversationRow(GatewayBase):
@@ -70,8 +72,12 @@ class ConversationState:
 
 
 def create_tables() -> None:
-    """Create the gateway's tables if missing."""
-    GatewayBase.metadata.create_all(get_engine())
+    """Make sure the gateway's tables exist: the engine brings the database to the newest migration.
+
+    The tables are in the Alembic migrations (``bot/migrations``, :mod:`bot.schema`), never created
+    outside them, so that a later revision finds the schema it expects.
+    """
+    get_engine()
 
 
 def load(conversation_id: str) -> ConversationState:
