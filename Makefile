@@ -19,7 +19,7 @@ export CHROMIUM
 export RASA_TELEMETRY_ENABLED := false
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: help setup run serve test model db lint validate clean-state browser speech voice-demo bench
+.PHONY: help setup run serve test model db lint validate clean-state browser speech voice-demo bench prod-deps serve-prod load
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,6 +59,19 @@ run: setup  ## Start everything and chat in the terminal (Ctrl-C stops)
 serve: setup  ## Start action server, Rasa server and gateway in the foreground
 	@$(VENV)/bin/python -m bot.launcher serve
 
+prod-deps:  ## Install Debian's PostgreSQL and Redis servers if they are missing (production layout)
+	@{ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v redis-server >/dev/null; } || { \
+	  echo "Installing PostgreSQL and Redis (apt-get) for the production layout..."; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    postgresql redis-server >/dev/null; }
+
+serve-prod: setup prod-deps  ## Production layout: PostgreSQL + Redis, 2 Rasa, 2 action servers, gateway
+	@$(VENV)/bin/python -m bot.launcher serve-prod
+
+load: setup prod-deps  ## Load test on the production layout: 200 patients, one Rasa killed mid-run
+	$(VENV)/bin/python benchmarks/load.py $(LOAD_ARGS)
+
 validate: $(RASA_VENV)/.installed  ## rasa data validate, failing on any warning
 	$(VENV)/bin/python scripts/validate_data.py
 
@@ -81,7 +94,7 @@ speech:  ## Install Debian's espeak-ng for the voice demo if it is missing
 voice-demo: setup speech  ## A scripted voice call: transcript + the assistant's turns as WAV (var/voice-demo/)
 	@$(VENV)/bin/python scripts/voice_demo.py
 
-test: setup validate browser  ## Set up what is missing, then run every test
+test: setup validate browser prod-deps  ## Set up what is missing, then run every test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python scripts/gen_form_rules.py --check || { echo "data/rules/forms.yml is stale: run python scripts/gen_form_rules.py"; exit 1; }
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
