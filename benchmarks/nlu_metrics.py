@@ -189,3 +189,27 @@ def choose_threshold(gold: Sequence[str], labels: Sequence[str], confidences: Se
         if rate is not None and rate <= base + max_added_false_fallback + 1e-12:
             best = threshold
     return best
+
+
+def apply_fallback(ranking: Sequence[Sequence[Any]], threshold: float, ambiguity_threshold: float = 0.0) -> str:
+    """Return the intent Rasa's FallbackClassifier gives for a classifier's ranking, at other thresholds.
+
+    Re-applies a fallback to a prediction made with or without one, without retraining: the
+    ranking is Rasa's `intent_ranking` as `[name, confidence]` pairs, best first; an `nlu_fallback`
+    entry (put first by a FallbackClassifier) is ignored, the classifier's own intents stay.
+
+    Args:
+        ranking: `[name, confidence]` pairs, best first.
+        threshold: below this confidence the top intent becomes `nlu_fallback`.
+        ambiguity_threshold: when the top two intents are closer than this, `nlu_fallback` too.
+    """
+    own = [(str(name), float(confidence)) for name, confidence in ranking if name != FALLBACK]
+    if not own:
+        return FALLBACK
+    top, confidence = own[0]
+    if confidence < threshold:
+        return FALLBACK
+    if len(own) > 1 and confidence - own[1][1] < ambiguity_threshold:
+        return FALLBACK
+    return top
+

@@ -106,3 +106,87 @@ def test_heldout_never_repeats_a_training_example() -> None:
     assert not leaked, f"held-out utterances found in the training data: {leaked}"
     within = Counter((r["lang"], m.fold(r["text"])) for r in records)
     assert not [key for key, n in within.items() if n > 1]
+
+
+# --------------------------------------------------------------------------- cross-validation of ours
+
+
+def _cv_records() -> list[dict[str, object]]:
+    """Two folds: fold 0 perfect, fold 1 with one in-scope fallback and one out-of-scope miss."""
+    fold0 = [("fr", "a", "a"), ("fr", "b", "b"), ("de", "out_of_scope", "nlu_fallback"), ("de", "a", "a")]
+    fold1 = [("en", "a", "a"), ("en", "b", "nlu_fallback"), ("other", "out_of_scope", "a"), ("fr", "b", "b")]
+    return [{"fold": fold, "lang": lang, "intent": gold, "text": f"t{fold}{i}", "predicted": pred, "confidence": 0.9}
+            for fold, rows in enumerate((fold0, fold1)) for i, (lang, gold, pred) in enumerate(rows)] + [
+        # A payload-only intent's example is not scored.
+        {"fold": 1, "lang": "other", "intent": "provide_protected", "text": "pi_x", "predicted": "nlu_fallback",
+         "confidence": 0.45}]
+
+
+def test_cv_summary_gives_each_fold_macro_f1_and_their_mean() -> None:
+    summary = bench.cv_summary({"folds": 2, "seed": 42, "records": _cv_records(), "fold_seconds": [10.0, 12.5],
+                                "dropped_intents": [], "n": 9})
+    assert summary["n"] == 8
+    # Fold 1: a TP 1, FP 1 (the out-of-scope one), FN 0 → 2/3; b TP 1, FN 1 → 2/3.
+    assert summary["fold_macro_f1"] == [1.0, pytest.approx(0.6667, abs=1e-4)]
+    assert summary["macro_f1"] == pytest.approx((1 + 2 / 3) / 2)
+    assert summary["macro_f1_min"] == pytest.approx(2 / 3)
+    assert summary["oos_recall"] == pytest.approx(0.5)
+    assert summary["false_fallback"] == pytest.approx(1 / 6)
+    assert summary["seconds"] == pytest.approx(22.5)
+    assert set(summary["per_lang_macro_f1"]) == {"fr", "de", "en", "other"}
+
+
+def test_cv_gate_fails_below_the_threshold_and_is_not_applied_when_skipped() -> None:
+    cv = {"macro_f1": 0.91}
+    assert bench.cv_gate(cv, 0.90)["passed"] is True
+    assert bench.cv_gate(cv, 0.92)["passed"] is False
+    skipped = bench.cv_gate(None, 0.99)
+    assert skipped["passed"] is True and skipped["skipped"] is True
+    assert "skipped" in bench.cv_lines(None, skipped)[0]
+    lines = bench.cv_lines({**bench.cv_summary({"folds": 2, "records": _cv_records(), "fold_seconds": [1, 2]})},
+                           bench.cv_gate({"macro_f1": 0.5}, 0.9))
+    assert "1.000 0.667 → mean 0.833" in lines[0]
+    assert lines[1].endswith("FAIL")
+
+
+def test_exit_code_fails_when_either_gate_fails() -> None:
+    ok, bad = {"passed": True}, {"passed": False}
+    assert bench.exit_code({"gate": ok, "gate_cv": ok}) == 0
+    assert bench.exit_code({"gate": ok}) == 0
+    assert bench.exit_code({"gate": bad, "gate_cv": ok}) == 1
+    assert bench.exit_code({"gate": ok, "gate_cv": bad}) == 1
+
+
+def test_cv_folds_from_option_environment_and_quick_mode() -> None:
+    assert bench.cv_folds_of(None, False, {}) == 3
+    assert bench.cv_folds_of(None, False, {"BENCH_CV_FOLDS": "5"}) == 5
+    assert bench.cv_folds_of(None, True, {"BENCH_CV_FOLDS": "5"}) == 0
+    assert bench.cv_folds_of(2, True, {}) == 2
+    assert bench.cv_folds_of(0, False, {"BENCH_CV_FOLDS": "5"}) == 0
+    with pytest.raises(SystemExit):
+        bench.cv_folds_of(1, False, {})
+
+
+def test_min_cv_f1_and_folds_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BENCH_MIN_CV_F1", "0.97")
+    monkeypatch.setenv("BENCH_CV_FOLDS", "4")
+    args = bench.options([])
+    assert (args.min_cv_f1, args.cv_folds) == (0.97, 4)
+    assert bench.options(["--quick", "--min-cv-f1", "0.8"]).cv_folds == 0
+    assert bench.options(["--quick", "--min-cv-f1", "0.8"]).min_cv_f1 == 0.8
+    monkeypatch.delenv("BENCH_MIN_CV_F1")
+    assert bench.options([]).min_cv_f1 == 0.75
+    with pytest.raises(SystemExit):
+        bench.options(["--cv-folds", "1"])
+    example = (REPO / ".env.example").read_text(encoding="utf-8")
+    assert "BENCH_MIN_CV_F1=" in example and "BENCH_CV_FOLDS=" in example
+
+
+def test_apply_fallback_reapplies_thresholds_to_a_ranking() -> None:
+    # As a FallbackClassifier at 0.45 left it: nlu_fallback first, the classifier's intents after.
+    ranking = [["nlu_fallback", 0.45], ["log_in", 0.41], ["reset_password", 0.30]]
+    assert m.apply_fallback(ranking, 0.45) == "nlu_fallback"
+    assert m.apply_fallback(ranking, 0.40) == "log_in"
+    assert m.apply_fallback(ranking, 0.40, ambiguity_threshold=0.12) == "nlu_fallback"
+    assert m.apply_fallback([["greet", 0.9], ["thank", 0.05]], 0.3, 0.05) == "greet"
+    assert m.apply_fallback([], 0.3) == "nlu_fallback"
