@@ -81,6 +81,8 @@ class Run:
 
     planned_turns: int
     latencies: list[float] = field(default_factory=list)
+    finished_at: list[float] = field(default_factory=list)  # perf_counter() at each turn's answer
+    started_at: float = field(default_factory=time.perf_counter)
     errors: int = 0
     wrong_steps: int = 0
     completed_turns: int = 0
@@ -168,6 +170,7 @@ class Client:
         response = await self.http.post(f"{self.base}/{path}", json=body,
                                         headers={**self.headers, "Idempotency-Key": key})
         self.run.latencies.append(time.perf_counter() - started)
+        self.run.finished_at.append(time.perf_counter() - self.run.started_at)
         self.run.completed_turns += 1
         if self.run.completed_turns >= self.run.planned_turns * KILL_AT[0]:
             self.run.kill_event.set()
@@ -312,6 +315,36 @@ def tracker_check(rasa_urls: list[str], token: str, patients: list[Patient]) -> 
     return counts
 
 
+def phase_figures(run: Run, ramp: float) -> dict[str, dict[str, float]]:
+    """Turns per second and latency while two Rasa instances served, and after one was killed.
+
+    The first phase runs from the end of the ramp (every patient started) to the kill; the second
+    from the kill + 35 s (Rasa's lock lifetime of the dead instance, 30 s, and the failover) to the
+    answer of the 90th percentile (the tail, when few patients are left, measures them, not the
+    servers). Without a kill, one phase "all" from the end of the ramp.
+
+    Returns:
+        {phase: {"seconds", "turns", "turns_per_s", "p50_ms", "p95_ms"}} (phases with turns only).
+    """
+    if not run.finished_at:
+        return {}
+    end = sorted(run.finished_at)[max(0, int(0.9 * len(run.finished_at)) - 1)]
+    if run.killed_at_s is None:
+        bounds = {"all": (ramp, end)}
+    else:
+        bounds = {"two_rasa": (ramp, run.killed_at_s), "one_rasa": (run.killed_at_s + 35.0, end)}
+    out: dict[str, dict[str, float]] = {}
+    for name, (start, stop) in bounds.items():
+        picked = [lat for lat, at in zip(run.latencies, run.finished_at, strict=True) if start <= at <= stop]
+        if not picked or stop <= start:
+            continue
+        summary = latency_summary(picked)
+        out[name] = {"seconds": round(stop - start, 1), "turns": len(picked),
+                     "turns_per_s": round(len(picked) / (stop - start), 2),
+                     "p50_ms": summary["p50_ms"], "p95_ms": summary["p95_ms"]}
+    return out
+
+
 def table(result: dict[str, Any]) -> str:
     """Format the result as a plain-text table."""
     lat = result["latency"]
@@ -328,6 +361,8 @@ def table(result: dict[str, Any]) -> str:
         f"duplicated {checks['duplicated']}   foreign {checks['foreign']}   out of order {checks['unordered']}   "
         f"accounts active {result['accounts_active']}/{result['patients']}",
         "rasa-1 killed at " + (f"{result['killed_at_s']:.1f} s" if result["killed_at_s"] is not None else "—"),
+        *(f"  phase {name}: {p['turns']} turns in {p['seconds']} s = {p['turns_per_s']} turns/s, "
+          f"p50 {p['p50_ms']:.0f} ms, p95 {p['p95_ms']:.0f} ms" for name, p in result["phases"].items()),
         "resident memory after the run (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in result["rss_mb"].items()),
         f"start to healthy: {result['startup_s']:.1f} s",
         "verdict: " + ("PASS" if result["ok"] else "FAIL"),
@@ -378,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
 
         async def orchestrate() -> float:
             t0 = time.perf_counter()
+            run.started_at = t0
 
             async def killer() -> None:
                 await run.kill_event.wait()
@@ -401,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         services.stop()
     turns = len(run.latencies)
+    phases = phase_figures(run, args.ramp)
     failures = [p.failure for p in patients if p.failure]
     result = {
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"), "machine": f"{os.cpu_count()} cores",
@@ -408,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         "planned_turns": run.planned_turns, "turns": turns, "completed": sum(p.done for p in patients),
         "duration_s": duration, "turns_per_s": turns / duration if duration else 0.0,
         "latency": latency_summary(run.latencies), "errors": run.errors, "wrong_steps": run.wrong_steps,
-        "checks": checks, "accounts_active": accounts, "killed_at_s": run.killed_at_s, "rss_mb": rss,
+        "phases": phases, "checks": checks, "accounts_active": accounts, "killed_at_s": run.killed_at_s, "rss_mb": rss,
         "startup_s": startup_s, "failures": failures[:20],
     }
     result["ok"] = (run.errors == 0 and run.wrong_steps == 0 and result["completed"] == args.patients

@@ -543,17 +543,26 @@ def pending_deliveries(
     ]
 
 
-def mark_delivered(uow: UnitOfWork, delivery_ids: Sequence[int]) -> None:
-    """Mark deliveries as sent (each is delivered once); committed. Unknown ids are ignored."""
+def mark_delivered(uow: UnitOfWork, delivery_ids: Sequence[int]) -> list[int]:
+    """Mark deliveries as sent; committed. Unknown or already delivered ids are ignored.
+
+    The mark is a compare-and-set (``delivered_at IS NULL``): when two pollers (two gateway
+    workers) read the same pending deliveries, each id is marked by one of them only.
+
+    Returns:
+        The ids this call marked: the caller delivers those and only those.
+    """
     if not delivery_ids:
-        return
-    uow.session.execute(
+        return []
+    marked = uow.session.scalars(
         update(TicketMessage)
         .where(TicketMessage.id.in_(list(delivery_ids)), TicketMessage.delivered_at.is_(None),
                TicketMessage.author.in_(("agent", "system")))
         .values(delivered_at=clock.now())
-    )
+        .returning(TicketMessage.id)
+    ).all()
     uow.commit()
+    return list(marked)
 
 
 # --------------------------------------------------------------------------- staff accounts and sessions

@@ -715,7 +715,10 @@ def take_deliveries(conversation_id: str | None, prefix: str | None) -> dict[str
         pending = helpdesk.pending_deliveries(uow, conversation_id=conversation_id, prefix=prefix)
         if not pending:
             return {}
-        helpdesk.mark_delivered(uow, [delivery.id for delivery in pending])
+        claimed = set(helpdesk.mark_delivered(uow, [delivery.id for delivery in pending]))
+        pending = [delivery for delivery in pending if delivery.id in claimed]  # another worker took the rest
+        if not pending:
+            return {}
         references = {}
         for delivery in pending:
             if delivery.ticket_id not in references:

@@ -46,7 +46,7 @@ _ENV = (
 #: Modules that also run on PostgreSQL by default (the ones whose queries and constraints matter).
 POSTGRES_MODULES = frozenset({
     "test_dsp_access", "test_dsp_activation", "test_dsp_assistants", "test_dsp_audit", "test_dsp_documents",
-    "test_dsp_login", "test_dsp_reset", "test_dsp_vault", "test_helpdesk",
+    "test_dsp_login", "test_dsp_reset", "test_dsp_vault", "test_helpdesk", "test_idempotency",
 })
 
 
