@@ -13,7 +13,8 @@ turns). Each patient does two whole tasks through the gateway, as a front end wo
 
 Every turn carries an `Idempotency-Key` header (`<conversation>-<n>`). Checks, all counted, any
 one of which makes the command exit 1:
-- errors: a non-200 answer, a timeout or an exception;
+- errors: a turn still without a 200 after RETRIES retries with the same key (a front end
+  retries a timeout, a 429 or a 503 with its Idempotency-Key), or an exception;
 - wrong step: a reply that does not ask what this patient's task expects next (a reply meant for
   another conversation, or a lost/repeated turn, shows up here first);
 - in the end, per conversation, Rasa's tracker (read from a live instance) holds exactly the turns
@@ -37,6 +38,7 @@ import json
 import os
 import random
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -85,6 +87,7 @@ class Run:
     started_at: float = field(default_factory=time.perf_counter)
     errors: int = 0
     wrong_steps: int = 0
+    retries: int = 0
     completed_turns: int = 0
     killed_at_s: float | None = None
     kill_event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -163,17 +166,40 @@ class Client:
         self.run = run
 
     async def send(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST one turn; count its latency; raise on anything but 200."""
+        """POST one turn as a front end does: retried with the same Idempotency-Key on failure.
+
+        A timeout, a 429 (after its Retry-After) or a 503 is retried at most RETRIES times; the
+        latency counts from the first attempt.
+
+        Raises:
+            RuntimeError: still no 200 after the retries (an error of the run).
+        """
         key = f"{self.patient.conversation}-{len(self.patient.sent) + 1}"
         self.patient.sent.append(key)
         started = time.perf_counter()
-        response = await self.http.post(f"{self.base}/{path}", json=body,
-                                        headers={**self.headers, "Idempotency-Key": key})
+        outcome = "no attempt"
+        response = None
+        for attempt in range(RETRIES + 1):
+            if attempt:
+                self.run.retries += 1
+            try:
+                response = await self.http.post(f"{self.base}/{path}", json=body,
+                                                headers={**self.headers, "Idempotency-Key": key})
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                outcome = type(exc).__name__
+                continue
+            if response.status_code in (429, 503):
+                outcome = f"HTTP {response.status_code}"
+                await asyncio.sleep(min(10.0, float(response.headers.get("Retry-After") or 2)))
+                continue
+            break
         self.run.latencies.append(time.perf_counter() - started)
         self.run.finished_at.append(time.perf_counter() - self.run.started_at)
         self.run.completed_turns += 1
         if self.run.completed_turns >= self.run.planned_turns * KILL_AT[0]:
             self.run.kill_event.set()
+        if response is None or response.status_code in (429, 503):
+            raise RuntimeError(f"{outcome} after {RETRIES} retries")
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code}")
         return dict(response.json())
@@ -193,6 +219,8 @@ class Client:
 
 #: Fraction of planned turns after which rasa-1 is killed (set from the command line).
 KILL_AT = [0.4]
+#: Retries of one turn (same Idempotency-Key) after a timeout, a 429 or a 503, as a front end would.
+RETRIES = 3
 
 
 class WrongStep(Exception):
@@ -262,7 +290,7 @@ async def run_patients(base_url: str, key: str, patients: list[Patient], run: Ru
                        max_seconds: float) -> None:
     """Run every patient's task concurrently, starts spread over `ramp` seconds."""
     limits = httpx.Limits(max_connections=len(patients) + 10, max_keepalive_connections=len(patients) + 10)
-    async with httpx.AsyncClient(timeout=180, limits=limits) as http:
+    async with httpx.AsyncClient(timeout=150, limits=limits) as http:
         async def one(patient: Patient) -> None:
             rng = random.Random(patient.index)
             await asyncio.sleep(ramp * patient.index / max(1, len(patients)))
@@ -357,7 +385,8 @@ def table(result: dict[str, Any]) -> str:
         f"turns {result['turns']} of {result['planned_turns']} planned, tasks completed {result['completed']}",
         f"duration {result['duration_s']:.1f} s   throughput {result['turns_per_s']:.2f} turns/s",
         f"latency per turn: p50 {lat['p50_ms']:.0f} ms   p95 {lat['p95_ms']:.0f} ms   p99 {lat['p99_ms']:.0f} ms",
-        f"errors {result['errors']}   wrong steps {result['wrong_steps']}   lost {checks['lost']}   "
+        f"errors {result['errors']}   retries {result['retries']}   wrong steps {result['wrong_steps']}   "
+        f"lost {checks['lost']}   "
         f"duplicated {checks['duplicated']}   foreign {checks['foreign']}   out of order {checks['unordered']}   "
         f"accounts active {result['accounts_active']}/{result['patients']}",
         "rasa-1 killed at " + (f"{result['killed_at_s']:.1f} s" if result["killed_at_s"] is not None else "—"),
@@ -375,8 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=200)
     parser.add_argument("--rasa-instances", type=int, default=2)
-    parser.add_argument("--ramp", type=float, default=30.0, help="seconds over which the patients start")
-    parser.add_argument("--think", type=float, default=0.5, help="mean think time between turns, seconds")
+    parser.add_argument("--ramp", type=float, default=60.0, help="seconds over which the patients start")
+    parser.add_argument("--think", type=float, default=3.0,
+                        help="mean think time between turns, seconds (typing a code, reading the e-mail)")
     parser.add_argument("--kill-at", type=float, default=0.4, help="fraction of planned turns before rasa-1 dies")
     parser.add_argument("--max-seconds", type=float, default=1200.0, help="bound of the whole run")
     args = parser.parse_args(argv)
@@ -435,7 +465,11 @@ def main(argv: list[str] | None = None) -> int:
         checks = tracker_check(live, env["RASA_AUTH_TOKEN"], patients)
         accounts = active_accounts(patients)
     finally:
+        clusters = [Path(h.cluster_dir) for h in services.stores.values() if getattr(h, "cluster_dir", None)]
         services.stop()
+        for cluster in clusters:  # a throw-away server (as root it lives outside the state dir)
+            shutil.rmtree(cluster, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
     turns = len(run.latencies)
     phases = phase_figures(run, args.ramp)
     failures = [p.failure for p in patients if p.failure]
@@ -444,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         "rasa_instances": args.rasa_instances, "patients": args.patients, "ramp_s": args.ramp, "think_s": args.think,
         "planned_turns": run.planned_turns, "turns": turns, "completed": sum(p.done for p in patients),
         "duration_s": duration, "turns_per_s": turns / duration if duration else 0.0,
-        "latency": latency_summary(run.latencies), "errors": run.errors, "wrong_steps": run.wrong_steps,
+        "latency": latency_summary(run.latencies), "errors": run.errors, "retries": run.retries,
+        "wrong_steps": run.wrong_steps,
         "phases": phases, "checks": checks, "accounts_active": accounts, "killed_at_s": run.killed_at_s, "rss_mb": rss,
         "startup_s": startup_s, "failures": failures[:20],
     }

@@ -17,7 +17,8 @@ Entry points:
   PostgreSQL always migrates.
 - An embedded SQLite file made by the old ``create_all`` (tables, no ``alembic_version``) is
   *adopted*: revision 0001 runs in adopt mode (creates what is missing, adds the nullable columns a
-  newer model declared), is stamped, then the later revisions run.
+  newer model declared and, on SQLite, rebuilds each table as 0001 declares it, rows kept), then the
+  later revisions run.
 
 Concurrency: :func:`migration_lock` serialises migrations — ``pg_advisory_lock`` on PostgreSQL (two
 processes starting at once: the second waits, then finds the database at head), an exclusive

@@ -1,4 +1,10 @@
-"""Rasa's own checks against the real action server: test stories must predict perfectly."""
+"""Rasa's own checks: test stories must predict perfectly; rasa-sdk serves Rasa 3.6's forms.
+
+`rasa test core` (Rasa 3.6) predicts each next action and replays the story's events as written:
+it does not call the action server (checked: the stories pass with the endpoint on a dead port).
+The stories' events were copied from real conversations through the gateway; what the actions
+really do is asserted by the conversation tests.
+"""
 
 from __future__ import annotations
 

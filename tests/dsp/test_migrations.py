@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import MetaData, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.elements import conv
 
 from bot import schema
 from bot.dsp.db import get_engine, reset_engine
@@ -143,12 +144,26 @@ def _baseline_tables() -> set[str]:
     return set(script.get_revision(schema.BASELINE_REVISION).module.TABLES)
 
 
+def _old_metadata() -> MetaData:
+    """The baseline tables as the code before migrations declared them: no naming convention (unnamed
+    primary keys, unique constraints and foreign keys; explicitly named constraints and indexes kept)."""
+    baseline = _baseline_tables()
+    old = MetaData()
+    for metadata in schema.target_metadata():
+        for name, table in metadata.tables.items():
+            if name in baseline:
+                table.to_metadata(old)
+    for table in old.tables.values():
+        for constraint in table.constraints:
+            if isinstance(constraint.name, conv):
+                constraint.name = None
+    return old
+
+
 def test_an_old_create_all_sqlite_file_is_stamped_and_keeps_its_data(dsp_env, tmp_path, monkeypatch):
     path = tmp_path / "old.sqlite3"
     old = create_engine(f"sqlite:///{path}", poolclass=NullPool)
-    baseline = _baseline_tables()
-    for metadata in schema.target_metadata():  # what the old start-up did: create_all, no alembic_version
-        metadata.create_all(old, tables=[table for name, table in metadata.tables.items() if name in baseline])
+    _old_metadata().create_all(old)  # what the old start-up did: create_all, no alembic_version
     with old.begin() as connection:
         connection.execute(text("INSERT INTO patients (matricule, given_name, family_name, birth_date, created_at) "
                                 "VALUES ('1985041200158', 'Ana', 'Old', '1985-04-12', '2025-01-01 10:00:00')"))
@@ -177,10 +192,11 @@ def test_an_old_create_all_sqlite_file_is_stamped_and_keeps_its_data(dsp_env, tm
 def test_an_older_sqlite_file_gets_the_new_nullable_columns(dsp_env, tmp_path, monkeypatch):
     path = tmp_path / "older.sqlite3"
     with sqlite3.connect(path) as old:
-        old.execute("CREATE TABLE audit_events (id INTEGER PRIMARY KEY, at DATETIME, actor VARCHAR(64) NOT NULL, "
-                    "on_behalf_of VARCHAR(64), patient_id INTEGER, action VARCHAR(64) NOT NULL, "
-                    "outcome VARCHAR(64) NOT NULL, detail TEXT)")
-        old.execute("INSERT INTO audit_events (actor, action, outcome) VALUES ('cli', 'demo.seed', 'ok')")
+        old.execute("CREATE TABLE audit_events (id INTEGER PRIMARY KEY, at DATETIME NOT NULL, "
+                    "actor VARCHAR(64) NOT NULL, on_behalf_of VARCHAR(64), patient_id INTEGER, "
+                    "action VARCHAR(64) NOT NULL, outcome VARCHAR(64) NOT NULL, detail TEXT)")
+        old.execute("INSERT INTO audit_events (at, actor, action, outcome) "
+                    "VALUES ('2025-01-01 10:00:00', 'cli', 'demo.seed', 'ok')")
     monkeypatch.setenv("DSP_DATABASE_URL", f"sqlite:///{path}")
     get_settings.cache_clear()
     reset_engine()
@@ -193,6 +209,8 @@ def test_an_older_sqlite_file_gets_the_new_nullable_columns(dsp_env, tmp_path, m
     assert {"actor_patient_id", "object"} <= columns
     assert kept == [("cli", "demo.seed", None)]
     assert version == [(schema.head(),)]
+    assert _diff(f"sqlite:///{path}") == []
+    assert _triggers(f"sqlite:///{path}") == SQLITE_TRIGGERS
 
 
 def test_a_missing_not_null_column_stops_the_adoption(tmp_path):

@@ -9,9 +9,11 @@ workers. Stopped (servers included) when the package's tests are done.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -57,4 +59,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProdRunning]:
                           f"http://127.0.0.1:{svc.actions_ports[0]}", launcher=svc, rasa_urls=rasa_urls,
                           tracker_url=extra["RASA_TRACKER_URL"])
     finally:
+        clusters = [Path(h.cluster_dir) for h in svc.stores.values() if getattr(h, "cluster_dir", None)]
         svc.stop()
+        for cluster in clusters:  # throw-away servers: as root they live outside the tmp dir
+            shutil.rmtree(cluster, ignore_errors=True)

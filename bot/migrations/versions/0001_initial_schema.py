@@ -10,10 +10,12 @@ SQLite triggers ``RAISE(ABORT)`` on UPDATE and DELETE; on PostgreSQL a trigger f
 SQLSTATE 23000 on UPDATE, DELETE (row triggers) and TRUNCATE (statement trigger).
 
 Adopt mode (``config.attributes["adopt_legacy"]``, set by ``bot.schema`` for a database made by the old
-``create_all``, i.e. tables but no ``alembic_version``): a table that exists is kept, the nullable
-columns it lacks are added (without their foreign key on SQLite, as the old start-up did), missing
-indexes and the audit protection are created; a missing NOT NULL column stops with an error (the
-embedded file must be recreated: ``make clean-state``). The database is then stamped 0001.
+``create_all``, i.e. tables but no ``alembic_version``): a missing table is created; an existing one
+gets the nullable columns it lacks and, on SQLite, is rebuilt exactly as declared here (the old
+``create_all`` left unnamed constraints; rows are copied); missing indexes and the audit protection
+are created. A missing NOT NULL column stops with an error (the embedded file must be recreated:
+``make clean-state``). The database is then at 0001. (A PostgreSQL database made by the old
+``create_all`` keeps PostgreSQL's own constraint names.)
 """
 
 from collections.abc import Sequence
@@ -57,7 +59,7 @@ def _adopting() -> bool:
 
 
 def _table(name: str, *elements: sa.schema.SchemaItem) -> None:
-    """Create a table; in adopt mode keep an existing one and add the nullable columns it lacks."""
+    """Create a table; in adopt mode bring an existing one to this definition, keeping its rows."""
     inspector = sa.inspect(op.get_bind()) if _adopting() else None  # offline (--sql) mode has nothing to inspect
     if inspector is None or not inspector.has_table(name):
         op.create_table(name, *elements)
@@ -69,7 +71,18 @@ def _table(name: str, *elements: sa.schema.SchemaItem) -> None:
         if not column.nullable:
             raise RuntimeError(f"{name}.{column.name} is missing and NOT NULL: recreate the database "
                                "(make clean-state)")
-        op.add_column(name, column)
+        op.add_column(name, sa.Column(column.name, column.type, nullable=True))
+    if op.get_bind().dialect.name == "sqlite":
+        # The old create_all left unnamed constraints, and columns added later lack their foreign key:
+        # rebuild the table as declared here (rows copied; indexes and triggers are made again below).
+        metadata = sa.MetaData()
+        for element in elements:
+            if isinstance(element, sa.ForeignKeyConstraint):
+                for target in {fk.target_fullname.split(".")[0] for fk in element.elements} - set(metadata.tables):
+                    sa.Table(target, metadata, sa.Column("id", sa.Integer(), primary_key=True))
+        definition = sa.Table(name, metadata, *elements)
+        with op.batch_alter_table(name, copy_from=definition, recreate="always"):
+            pass
 
 
 def _index(table: str, column: str) -> None:
