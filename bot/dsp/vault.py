@@ -53,6 +53,20 @@ def put(uow: UnitOfWork, conversation_id: str, kind: str, value: str) -> str:
     return ref
 
 
+def _live_entry(uow: UnitOfWork, conversation_id: str, ref: str) -> VaultEntry:
+    """Return the unexpired entry of `ref` stored by `conversation_id`.
+
+    Raises:
+        VaultMiss: ``input_expired`` if the ref is unknown, expired or from another conversation.
+    """
+    if not ref or not isinstance(ref, str):
+        raise VaultMiss()
+    entry = uow.session.scalars(select(VaultEntry).where(VaultEntry.ref == ref)).first()
+    if entry is None or entry.conversation_id != conversation_id or entry.expires_at <= clock.now():
+        raise VaultMiss()
+    return entry
+
+
 def reveal(uow: UnitOfWork, conversation_id: str, ref: str) -> tuple[str, str]:
     """Return ``(kind, value)`` of a stored protected input.
 
@@ -67,11 +81,7 @@ def reveal(uow: UnitOfWork, conversation_id: str, ref: str) -> tuple[str, str]:
     Raises:
         VaultMiss: ``input_expired`` if the ref is unknown, expired or from another conversation.
     """
-    if not ref or not isinstance(ref, str):
-        raise VaultMiss()
-    entry = uow.session.scalars(select(VaultEntry).where(VaultEntry.ref == ref)).first()
-    if entry is None or entry.conversation_id != conversation_id or entry.expires_at <= clock.now():
-        raise VaultMiss()
+    entry = _live_entry(uow, conversation_id, ref)
     try:
         value = fernet().decrypt(entry.ciphertext).decode("utf-8")
     except InvalidToken:
@@ -96,11 +106,7 @@ def given_at(uow: UnitOfWork, conversation_id: str, ref: str) -> datetime:
     Raises:
         VaultMiss: ``input_expired`` if the ref is unknown, expired or from another conversation.
     """
-    if not ref or not isinstance(ref, str):
-        raise VaultMiss()
-    entry = uow.session.scalars(select(VaultEntry).where(VaultEntry.ref == ref)).first()
-    if entry is None or entry.conversation_id != conversation_id or entry.expires_at <= clock.now():
-        raise VaultMiss()
+    entry = _live_entry(uow, conversation_id, ref)
     return entry.created_at
 
 
