@@ -33,9 +33,9 @@ from bot.gateway.settings import secret_file
 
 RASA_BIN = REPO_ROOT / ".venv-rasa" / "bin" / "rasa"
 RASA_PYTHON = REPO_ROOT / ".venv-rasa" / "bin" / "python"
-#: `rasa` with its API token taken from the environment, so that it is not on the command line (ps).
-RASA_MAIN = ("import os, sys; sys.argv[0] = 'rasa'; sys.argv += ['--auth-token', os.environ['RASA_AUTH_TOKEN']]; "
-             "from rasa.__main__ import main; sys.exit(main())")
+#: `rasa` with the runtime fixes installed and its API token taken from the environment, so that it
+#: is not on the command line (ps): see bot/rasa_main.py.
+RASA_MAIN = "bot.rasa_main"
 MODELS_DIR = REPO_ROOT / "models"
 LAYOUTS = ("embedded", "prod")
 #: Production layout defaults (each overridden by its variable).
@@ -277,7 +277,7 @@ class Services:
         for name, port in zip(self._names("actions"), self.actions_ports, strict=True):
             out[name] = ([python, "-m", "rasa_sdk", "--actions", "actions", "-p", str(port)], env)
         for name, port, actions in zip(self._names("rasa"), self.rasa_ports, self.actions_urls, strict=True):
-            out[name] = ([str(RASA_PYTHON), "-c", RASA_MAIN, "run", "-i", "127.0.0.1", "-p", str(port), "--enable-api",
+            out[name] = ([str(RASA_PYTHON), "-m", RASA_MAIN, "run", "-i", "127.0.0.1", "-p", str(port), "--enable-api",
                           "-m", model, "--endpoints", "endpoints.yml", "--credentials", "credentials.yml"],
                          {**env, "RASA_ACTION_ENDPOINT": f"{actions}/webhook"})
         gateway = [python, "-m", "uvicorn", "bot.gateway.app:app", "--host", env.get("GATEWAY_HOST", "127.0.0.1"),

@@ -29,6 +29,7 @@ class Running:
     state_dir: Path
     rasa: RasaTracker
     actions_url: str
+    launcher: object = None  # the bot.launcher.Services that started them
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +49,6 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     try:
         yield Running(svc.gateway_url, f"http://127.0.0.1:{svc.rasa_port}", extra["GATEWAY_API_KEY"], env,
                       state_dir, RasaTracker(f"http://127.0.0.1:{svc.rasa_port}", extra["RASA_AUTH_TOKEN"]),
-                      f"http://127.0.0.1:{svc.actions_port}")
+                      f"http://127.0.0.1:{svc.actions_port}", launcher=svc)
     finally:
         svc.stop()

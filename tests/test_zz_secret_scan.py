@@ -65,3 +65,12 @@ def test_no_secret_reaches_tracker_logs_or_audit(services):
              if len(secret) >= 6 and len(set(secret)) > 1
              and re.search(rf"(?<![0-9A-Za-z.]){re.escape(secret)}(?![0-9A-Za-z])", text)]
     assert not leaks, leaks
+
+
+def test_no_service_has_a_secret_on_its_command_line(services):
+    """`ps` shows command lines to every local user: Rasa's token and the gateway key stay off them."""
+    secrets = [services.env["RASA_AUTH_TOKEN"], services.key]
+    for name, pid in services.launcher.pids().items():
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            command = cmdline.read().decode(errors="replace")
+        assert not any(secret in command for secret in secrets), name

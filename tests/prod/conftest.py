@@ -23,9 +23,8 @@ from tests.support import RasaTracker, free_port, test_env
 
 @dataclass
 class ProdRunning(Running):
-    """The running production layout: the embedded fixture's fields plus the launcher and Rasa URLs."""
+    """The running production layout: the embedded fixture's fields plus the Rasa URLs."""
 
-    launcher: object = None
     rasa_urls: tuple[str, ...] = ()
     tracker_url: str = ""
 
