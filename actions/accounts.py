@@ -470,7 +470,19 @@ class ActionRefuseTerms(Action):
         return "action_refuse_terms"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
-        """Log out and explain why."""
+        """Log out and explain why, when the terms are still pending; otherwise change nothing.
+
+        A refusal only means something while the terms wait for an answer (quick guide,
+        "Première connexion"): once accepted, "I don't accept" keeps the record open and says
+        so; nobody logged in hears that there is nothing to accept.
+        """
+        session = await session_of(tracker)
+        if session is None:
+            dispatcher.utter_message(response="utter_not_logged_in")
+            return []
+        if not session.needs_terms:
+            dispatcher.utter_message(response="utter_terms_already_accepted")
+            return []
         ok, _ = await call_or_say(dispatcher, accounts.log_out, tracker.sender_id)
         if ok:
             dispatcher.utter_message(response="utter_terms_refused")

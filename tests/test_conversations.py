@@ -12,7 +12,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.support import SECRETS, UTTERANCES, Chat, activate, log_in, mistype, new_letter
+from tests.support import SECRETS, UTTERANCES, Chat, activate, log_in, logged_in, mistype, new_letter
 
 pytestmark = pytest.mark.services
 
@@ -161,6 +161,30 @@ def test_medical_questions_and_emergencies_are_not_shrugged_off(services):
     chat.say("j'ai une douleur très forte dans la poitrine, que dois-je prendre comme médicament ?")
     assert services.rasa.responses(chat.id)[-1] in ("utter_out_of_scope_medical", "utter_emergency")
     assert "112" in chat.text
+
+
+@pytest.mark.parametrize(("language", "text"), [
+    ("fr", "au secours mon mari est tombe par terre il respire plus"),
+    ("de", "Hilfe, meine Mutter ist bewusstlos und wacht nicht auf"),
+    ("en", "my dad just collapsed in the kitchen, what do i do"),
+])
+def test_an_emergency_gets_112_even_in_the_middle_of_a_form(services, language, text):
+    chat = Chat(services.gateway_url, services.key, services.env, language)
+    chat.say(UTTERANCES[language]["login"])
+    assert chat.pending == "matricule"
+    chat.say(text)
+    said = services.rasa.responses(chat.id)
+    assert "utter_emergency" in said[-2:], said[-3:]
+    assert "112" in chat.text
+    assert chat.pending == "matricule"  # the login goes on once the patient comes back
+
+
+def test_refusing_the_terms_after_accepting_them_keeps_the_record_open(services):
+    chat, _ = logged_in(services, "en")
+    chat.say("I don't accept the terms of use")
+    assert services.rasa.responses(chat.id)[-1] == "utter_terms_already_accepted"
+    chat.say("who can see my record")
+    assert "utter_need_login" not in services.rasa.responses(chat.id)[-3:]
 
 
 def test_helpdesk_on_request(services):

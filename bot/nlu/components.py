@@ -1,5 +1,8 @@
 """Rasa graph components (run inside Rasa's environment; named in `config.yml`)."""
 
+# Rasa 3.6 validates a component's annotations against its own (typing.List, Dict, Text): keep its style.
+# ruff: noqa: UP006, UP019, UP035, UP037
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Text
