@@ -29,6 +29,17 @@ class Secrets:
         """Remember values that must never appear in the tracker, logs or audit table."""
         self.values.update(v for v in values if v)
 
+    def leaks(self, places: dict[str, str]) -> list[tuple[str, str]]:
+        """Return (place, secret prefix) for each secret found in a place's text.
+
+        A secret counts as found only as a whole token: six digits inside a longer number (the
+        fraction of a timestamp such as 1796085138.557861, a hex id) are not that code. Secrets
+        shorter than six characters or of one repeated character are too common to scan for.
+        """
+        return [(where, secret[:2] + "…") for where, text in places.items() for secret in sorted(self.values)
+                if len(secret) >= 6 and len(set(secret)) > 1
+                and re.search(rf"(?<![0-9A-Za-z.]){re.escape(secret)}(?![0-9A-Za-z])", text)]
+
 
 SECRETS = Secrets()
 
