@@ -12,7 +12,7 @@ RASA_VENV := .venv-rasa
 UV := $(VENV)/bin/uv
 RASA := $(RASA_VENV)/bin/rasa
 MODEL := models/mydsp.tar.gz
-TRAINING_FILES := config.yml $(wildcard domain/*.yml domain/responses/*.yml) $(shell find data -name '*.yml' 2>/dev/null)
+TRAINING_FILES := config.yml $(wildcard domain/*.yml domain/responses/*.yml bot/nlu/*.py) $(shell find data -name '*.yml' 2>/dev/null)
 # Headless browser of the web-viewer test (Debian's chromium; apt-get installs it when missing).
 CHROMIUM ?= /usr/bin/chromium
 export CHROMIUM

@@ -110,6 +110,17 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
 
 
+def server_timing(header: str) -> dict[str, float]:
+    """Parse a W3C Server-Timing header (`rasa;dur=12.3, total;dur=20.1`) into `{name: ms}`."""
+    figures: dict[str, float] = {}
+    for part in header.split(","):
+        name, _, rest = part.strip().partition(";")
+        match = re.search(r"dur=([0-9.]+)", rest)
+        if name and match:
+            figures[name] = float(match.group(1))
+    return figures
+
+
 def latency_summary(seconds: list[float]) -> dict[str, float]:
     """Return `{"n", "p50_ms", "p95_ms", "p99_ms", "mean_ms"}` of durations given in seconds."""
     mean = sum(seconds) / len(seconds) if seconds else float("nan")
@@ -360,11 +371,17 @@ class Bench:
             raise RuntimeError("no one-time code in the outbox")
         return match.group(1)
 
-    async def gateway_turn(self, client: httpx.AsyncClient, conversation: str, text: str) -> dict[str, Any]:
-        """Send one text turn through the gateway; return the reply JSON (raises on non-200)."""
+    async def gateway_turn(self, client: httpx.AsyncClient, conversation: str, text: str,
+                           timing: dict[str, float] | None = None) -> dict[str, Any]:
+        """Send one text turn through the gateway; return the reply JSON (raises on non-200).
+
+        `timing`, when given, receives the reply's Server-Timing figures in ms (`rasa`, `total`).
+        """
         response = await client.post(f"{self.services.gateway_url}/v1/conversations/{conversation}/messages",
                                      json={"text": text}, headers={"Authorization": f"Bearer {self.key}"})
         response.raise_for_status()
+        if timing is not None:
+            timing.update(server_timing(response.headers.get("server-timing", "")))
         return dict(response.json())
 
     async def rasa_turn(self, client: httpx.AsyncClient, conversation: str, text: str, language: str) -> list[Any]:
@@ -417,6 +434,9 @@ async def latency_section(bench: Bench, rounds: int) -> dict[str, Any]:
     gateway_s: list[float] = []
     rasa_s: list[float] = []
     by_turn: dict[str, dict[str, list[float]]] = {}
+    hop_ms: list[float] = []  # client's time minus the gateway's own total: HTTP to and from the gateway
+    own_ms: list[float] = []  # the gateway's total minus its wait on Rasa: its own work
+    rasa_in_gateway_ms: list[float] = []
     async with httpx.AsyncClient(timeout=60) as client:
         for language in LANGUAGES:
             via_gateway = await bench.log_in(client, language, patient)
@@ -426,17 +446,25 @@ async def latency_section(bench: Bench, rounds: int) -> dict[str, Any]:
                     order = ("gateway", "rasa") if (round_no + index) % 2 == 0 else ("rasa", "gateway")
                     for path in order:
                         started = time.perf_counter()
+                        timing: dict[str, float] = {}
                         if path == "gateway":
-                            await bench.gateway_turn(client, via_gateway, text)
+                            await bench.gateway_turn(client, via_gateway, text, timing)
                         else:
                             await bench.rasa_turn(client, direct, text, language)
                         elapsed = time.perf_counter() - started
+                        if "total" in timing and "rasa" in timing:
+                            hop_ms.append(elapsed * 1000 - timing["total"])
+                            own_ms.append(timing["total"] - timing["rasa"])
+                            rasa_in_gateway_ms.append(timing["rasa"])
                         (gateway_s if path == "gateway" else rasa_s).append(elapsed)
                         by_turn.setdefault(LATENCY_TURNS["en"][index], {}).setdefault(path, []).append(elapsed)
     gateway, rasa = latency_summary(gateway_s), latency_summary(rasa_s)
     return {"rounds": rounds, "gateway": gateway, "rasa": rasa,
             "overhead_p50": round(gateway["p50_ms"] / rasa["p50_ms"] - 1, 3),
             "overhead_mean": round(gateway["mean_ms"] / rasa["mean_ms"] - 1, 3),
+            "split_p50_ms": {"client_to_gateway_http": round(percentile(hop_ms, 0.5), 1),
+                             "gateway_work": round(percentile(own_ms, 0.5), 1),
+                             "rasa_from_gateway": round(percentile(rasa_in_gateway_ms, 0.5), 1)},
             "per_turn_p50_ms": {turn: {path: round(percentile(values, 0.5) * 1000, 1)
                                        for path, values in paths.items()} for turn, paths in by_turn.items()}}
 
@@ -526,6 +554,11 @@ def table(result: dict[str, Any]) -> str:
             lines.append(f"{label:<22} {s['p50_ms']:>8} {s['p95_ms']:>8} {s['p99_ms']:>8} {s['mean_ms']:>8}")
         lines.append(f"gateway overhead: {lat['overhead_p50'] * 100:+.1f} % at p50, "
                      f"{lat['overhead_mean'] * 100:+.1f} % on the mean")
+        split = lat.get("split_p50_ms")
+        if split:
+            lines.append(f"through the gateway, p50 of each part (its Server-Timing header): HTTP client↔gateway "
+                         f"{split['client_to_gateway_http']:.1f} ms, gateway's own work {split['gateway_work']:.1f} ms, "
+                         f"waiting on Rasa {split['rasa_from_gateway']:.1f} ms")
         lines.append("")
         lines.append("Throughput through the gateway")
         header = (f"{'concurrent':>10} {'seconds':>8} {'turns':>6} {'turns/s':>8} {'p50 ms':>8} {'p95 ms':>8} "

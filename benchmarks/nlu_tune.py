@@ -13,7 +13,7 @@ Writes `benchmarks/results/tune-<name>.json` (every prediction included) and pri
 with the Markdown rows of `benchmarks/TUNING.md`. Run it niced: other services share the cores.
 
 Usage: nice -n 15 .venv/bin/python benchmarks/nlu_tune.py --config benchmarks/tuning/V.yml
-       [--model M.tar.gz] [--name N] [--thresholds 0.3,0.4,0.45]
+       [--model M.tar.gz] [--name N] [--thresholds 0.3,0.4,0.45] [--keep M.tar.gz]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import argparse
 import json
 import re
 import resource
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=None, help="an already trained model of this config")
     parser.add_argument("--name", default=None, help="variant name (default: the config's file name)")
     parser.add_argument("--thresholds", default="0.3,0.35,0.4,0.45")
+    parser.add_argument("--keep", type=Path, default=None, help="copy the trained model to this file")
     args = parser.parse_args(argv)
     name = args.name or args.config.stem
     threshold, ambiguity = fallback_of(args.config)
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             model, training_s = bench.train_rasa_nlu(args.config.resolve(), work, name, log)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             training_cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+            if args.keep:
+                shutil.copyfile(model, args.keep)
         predictions = bench.rasa_predictions(model, work / "predictions.json", log)
     records = predictions["records"]
     by_threshold = {f"{t:.2f}": rescored(records, t, ambiguity) for t in thresholds}

@@ -87,6 +87,12 @@ def test_percentiles() -> None:
     assert bench.percentile([], 0.5) != bench.percentile([], 0.5)  # NaN
 
 
+def test_server_timing_header_is_read_in_milliseconds() -> None:
+    assert bench.server_timing("rasa;dur=81.5, total;dur=95.0") == {"rasa": 81.5, "total": 95.0}
+    assert bench.server_timing('cache;desc="hit", db;dur=2') == {"db": 2.0}
+    assert bench.server_timing("") == {}
+
+
 def test_heldout_covers_every_typed_intent_in_each_language() -> None:
     records = m.read_heldout(HELDOUT)
     counts = Counter((r["lang"], r["intent"]) for r in records)

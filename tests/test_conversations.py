@@ -361,3 +361,16 @@ def test_switching_task_says_nothing_about_cleared_values(services):
     said = services.rasa.responses(chat.id)
     assert "utter_err_input_expired" not in said
     assert chat.pending == "matricule"
+
+
+def test_every_reply_says_how_long_rasa_and_the_gateway_took(services):
+    """W3C Server-Timing: `rasa;dur=…, total;dur=…` in ms (make bench splits the overhead with it)."""
+    url = f"{services.gateway_url}/v1/conversations/timing-{uuid.uuid4().hex[:8]}/messages"
+    response = httpx.post(url, json={"text": "hello", "language": "en"},
+                          headers={"Authorization": f"Bearer {services.key}"}, timeout=60)
+    assert response.status_code == 200
+    timing = dict(part.strip().split(";dur=") for part in response.headers["server-timing"].split(","))
+    assert 0 < float(timing["rasa"]) <= float(timing["total"])
+    refused = httpx.post(url, json={"text": "hello"}, timeout=60)  # no key: no Rasa turn
+    assert refused.status_code == 401
+    assert refused.headers["server-timing"].startswith("rasa;dur=0.0, total;dur=")
