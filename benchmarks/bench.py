@@ -557,7 +557,8 @@ def table(result: dict[str, Any]) -> str:
         split = lat.get("split_p50_ms")
         if split:
             lines.append(f"through the gateway, p50 of each part (its Server-Timing header): HTTP client↔gateway "
-                         f"{split['client_to_gateway_http']:.1f} ms, gateway's own work {split['gateway_work']:.1f} ms, "
+                         f"{split['client_to_gateway_http']:.1f} ms, gateway's own work "
+                         f"{split['gateway_work']:.1f} ms, "
                          f"waiting on Rasa {split['rasa_from_gateway']:.1f} ms")
         lines.append("")
         lines.append("Throughput through the gateway")

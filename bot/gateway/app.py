@@ -503,9 +503,9 @@ async def access_log_and_errors(request: Request, call_next: Any) -> Any:
 
     Every response carries a W3C Server-Timing header, ``rasa;dur=<ms>, total;dur=<ms>``: the time
     spent waiting on Rasa and the whole time in the gateway (milliseconds), which `make bench` uses
-    to split the gateway's overhead. The log line has no query string (a reset link carries its token there) and no token of a
-    download, image or viewer link; an unexpected error is answered without a stack trace or a
-    value, and only its type is logged.
+    to split the gateway's overhead. The log line has no query string (a reset link carries its
+    token there) and no token of a download, image or viewer link; an unexpected error is
+    answered without a stack trace or a value, and only its type is logged.
     """
     started = time.perf_counter()
     path = "".join(ch if ch.isprintable() else "?" for ch in request.url.path)[:200]

@@ -1,7 +1,7 @@
 """Rasa graph components (run inside Rasa's environment; named in `config.yml`)."""
 
 # Rasa 3.6 validates a component's annotations against its own (typing.List, Dict, Text): keep its style.
-# ruff: noqa: UP006, UP019, UP035, UP037
+# ruff: noqa: UP006, UP019, UP035, UP037, UP045
 
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ class TfidfIntentClassifier(IntentClassifier, GraphComponent):
             text = message.get(TEXT)
             if not text:
                 continue
-            probabilities = dict(zip(self.pipeline.classes_, self.pipeline.predict_proba([text])[0]))
+            probabilities = dict(zip(self.pipeline.classes_, self.pipeline.predict_proba([text])[0], strict=True))
             before = {r["name"]: float(r["confidence"]) for r in message.get(INTENT_RANKING_KEY) or []}
             if before and weight < 1.0:
                 probabilities = {name: weight * float(p) + (1.0 - weight) * before.get(name, 0.0)
@@ -226,9 +226,10 @@ class EntityTidy(GraphComponent):
             kept: List[Dict[Text, Any]] = []
             seen = set()
             for entity in entities:
-                if entity.get("extractor") == "RegexEntityExtractor" and entity.get("entity") not in self.lookup_entities:
+                name = entity.get("entity")
+                if entity.get("extractor") == "RegexEntityExtractor" and name not in self.lookup_entities:
                     continue
-                key = (entity.get("entity"), str(entity.get("value")).lower(), entity.get("role"), entity.get("group"))
+                key = (name, str(entity.get("value")).lower(), entity.get("role"), entity.get("group"))
                 if key not in seen:
                     seen.add(key)
                     kept.append(entity)
