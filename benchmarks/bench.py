@@ -129,6 +129,36 @@ def latency_summary(seconds: list[float]) -> dict[str, float]:
             "p99_ms": round(percentile(seconds, 0.99) * 1000, 1), "mean_ms": round(mean * 1000, 1)}
 
 
+def descendants(pid: int) -> list[int]:
+    """Return `pid` and every process below it (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def cpu_s(pid: int) -> float:
+    """Return the CPU seconds (user + system) used so far by `pid` and its live descendants (0 when gone)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for current in descendants(pid):
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return total / ticks
+
+
 def rss_mb(pid: int) -> float:
     """Return the resident memory (VmRSS) of `pid` and all its descendants, in MB (0 when gone)."""
     children: dict[int, list[int]] = {}
@@ -493,13 +523,17 @@ async def throughput_level(bench: Bench, concurrency: int, seconds: float) -> di
                         name = f"HTTP {exc.response.status_code}"
                     errors[name] = errors.get(name, 0) + 1
 
+    pids = bench.services.pids()
+    cpu_before = {name: cpu_s(pid) for name, pid in pids.items()}
     started = time.perf_counter()
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         await asyncio.gather(*(worker(n, client) for n in range(concurrency)))
     elapsed = time.perf_counter() - started
+    turns = max(len(latencies), 1)
+    cpu_ms_per_turn = {name: round((cpu_s(pid) - cpu_before[name]) * 1000 / turns, 1) for name, pid in pids.items()}
     return {"concurrency": concurrency, "seconds": round(elapsed, 1), "turns": len(latencies),
             "turns_per_s": round(len(latencies) / elapsed, 2), **latency_summary(latencies),
-            "errors": sum(errors.values()), "error_kinds": errors}
+            "errors": sum(errors.values()), "error_kinds": errors, "cpu_ms_per_turn": cpu_ms_per_turn}
 
 
 # --------------------------------------------------------------------------- report
@@ -563,11 +597,13 @@ def table(result: dict[str, Any]) -> str:
         lines.append("")
         lines.append("Throughput through the gateway")
         header = (f"{'concurrent':>10} {'seconds':>8} {'turns':>6} {'turns/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
-                  f"{'errors':>7}")
+                  f"{'errors':>7}  CPU ms per turn")
         lines += [header, "-" * len(header)]
         for level in result["throughput"]:
+            cpu = level.get("cpu_ms_per_turn") or {}
             lines.append(f"{level['concurrency']:>10} {level['seconds']:>8} {level['turns']:>6} "
-                         f"{level['turns_per_s']:>8} {level['p50_ms']:>8} {level['p95_ms']:>8} {level['errors']:>7}")
+                         f"{level['turns_per_s']:>8} {level['p50_ms']:>8} {level['p95_ms']:>8} {level['errors']:>7}  "
+                         + ", ".join(f"{name} {ms:.0f}" for name, ms in cpu.items()))
         lines.append("")
         lines.append("Services: start to healthy {:.1f} s; resident memory after the run: {}".format(
             result["startup_s"], ", ".join(f"{name} {mb:.0f} MB" for name, mb in result["rss_mb"].items())))

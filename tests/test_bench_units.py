@@ -6,6 +6,7 @@ No service, no model: they run in a second.
 from __future__ import annotations
 
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -91,6 +92,26 @@ def test_server_timing_header_is_read_in_milliseconds() -> None:
     assert bench.server_timing("rasa;dur=81.5, total;dur=95.0") == {"rasa": 81.5, "total": 95.0}
     assert bench.server_timing('cache;desc="hit", db;dur=2') == {"db": 2.0}
     assert bench.server_timing("") == {}
+
+
+def test_cpu_seconds_of_a_process_tree_grow_with_work() -> None:
+    import os
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 0.5\n"
+                              "while time.process_time() < end: pass\ntime.sleep(30)"])
+    try:
+        before, own_before = bench.cpu_s(os.getpid()), time.process_time()
+        deadline = time.monotonic() + 20
+        while bench.cpu_s(child.pid) < 0.45 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        tree = bench.cpu_s(os.getpid()) - before
+        own = time.process_time() - own_before
+        assert tree - own >= 0.35  # the child's half second of CPU is in its parent's tree
+        assert child.pid in bench.descendants(os.getpid())
+    finally:
+        child.kill()
+    assert bench.cpu_s(2**22 + 7) == 0  # no such process
 
 
 def test_heldout_covers_every_typed_intent_in_each_language() -> None:

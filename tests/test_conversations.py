@@ -187,6 +187,12 @@ def test_refusing_the_terms_after_accepting_them_keeps_the_record_open(services)
     assert "utter_need_login" not in services.rasa.responses(chat.id)[-3:]
 
 
+def test_refusing_the_terms_with_nobody_logged_in_says_so(services):
+    chat = Chat(services.gateway_url, services.key, services.env, "fr")
+    chat.say("je refuse les conditions d'utilisation")
+    assert services.rasa.responses(chat.id)[-1] == "utter_not_logged_in"
+
+
 def test_helpdesk_on_request(services):
     chat = Chat(services.gateway_url, services.key, services.env, "en")
     chat.say("I would like to talk to a real person at the helpdesk")

@@ -198,7 +198,8 @@ class EntityTidy(GraphComponent):
 
     Placed after EntitySynonymMapper: RegexEntityExtractor (lookup tables) and CRFEntityExtractor
     often find the same `contact_channel` or `language`; Rasa would then fill a slot from a list
-    of equal values. The first entity of each (type, value, role, group) is kept, in pipeline
+    of equal values (the health-word table and the CRF likewise give `oos_topic: medical`). The
+    first entity of each (type, value, role, group) is kept, in pipeline
     order. Entities RegexEntityExtractor found for a lookup table not named in ``lookup_entities``
     (professions, document kinds: tables that only feed the featurizer) are removed, so that no
     entity outside the domain reaches the tracker.
@@ -207,7 +208,7 @@ class EntityTidy(GraphComponent):
     @staticmethod
     def get_default_config() -> Dict[Text, Any]:
         """Return the defaults: the lookup tables whose matches are entities."""
-        return {"lookup_entities": ["language", "contact_channel"]}
+        return {"lookup_entities": ["language", "contact_channel", "oos_topic"]}
 
     def __init__(self, config: Dict[Text, Any]) -> None:
         """Keep the configuration."""
