@@ -125,3 +125,42 @@ def test_download_tokens_refuse_forgeries(monkeypatch, tmp_path):
     assert unseal("image", sealed) is None  # another purpose
     assert unseal("viewer", sealed[:-1] + ("0" if sealed[-1] != "0" else "1")) is None
     get_settings.cache_clear()
+
+
+def test_conversation_state_is_written_only_when_it_changed(monkeypatch, tmp_path):
+    monkeypatch.setenv("DSP_STATE_DIR", str(tmp_path))
+    monkeypatch.delenv("DSP_DATABASE_URL", raising=False)
+    from sqlalchemy import event
+
+    from bot.dsp.db import get_engine, reset_engine
+    from bot.dsp.settings import get_settings
+    from bot.gateway import store
+
+    get_settings.cache_clear()
+    reset_engine()
+    writes: list[str] = []
+
+    def count(conn, cursor, statement, *args):  # noqa: ANN001, ANN002 - SQLAlchemy's event signature
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE")):
+            writes.append(statement)
+
+    try:
+        state = store.load("c-1")
+        state.language = "fr"
+        store.save(state)  # a new conversation: written
+        event.listen(get_engine(), "before_cursor_execute", count)
+        again = store.load("c-1")
+        store.save(again)
+        assert writes == []  # nothing changed: no write
+        again.offer(["/greet"])
+        store.save(again)
+        store.save(again)
+        assert len(writes) == 1
+        again.voice["silences"] = 1  # changed in place
+        store.save(again)
+        assert len(writes) == 2
+        stored = store.load("c-1")
+        assert (stored.language, stored.offered, stored.voice) == ("fr", ["/greet"], {"silences": 1})
+    finally:
+        reset_engine()
+        get_settings.cache_clear()

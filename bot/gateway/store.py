@@ -53,6 +53,8 @@ class ConversationState:
         voice: what the voice endpoint remembers between turns (``bot.gateway.voice``): the last
             reply spoken (``said``: {"text", "ssml"}), the options' labels (``options``), the first
             option read (``page``) and the consecutive silences (``silences``). Empty for other clients.
+        stored: the state as last read from or written to the database (`snapshot`), None for a
+            new conversation; `save` writes only when the state differs from it.
     """
 
     conversation_id: str
@@ -61,6 +63,12 @@ class ConversationState:
     offered: list[str] = field(default_factory=list)
     last_choices: list[str] = field(default_factory=list)
     voice: dict[str, Any] = field(default_factory=dict)
+    stored: str | None = field(default=None, repr=False, compare=False)
+
+    def snapshot(self) -> str:
+        """Return the stored fields as one JSON string (for `save`'s comparison)."""
+        return json.dumps([self.language, self.pending_kind, self.offered, self.last_choices, self.voice],
+                          sort_keys=True)
 
     def offer(self, payloads: list[str]) -> None:
         """Remember newly offered payloads (bounded to MAX_OFFERED, newest kept)."""
@@ -91,12 +99,21 @@ def load(conversation_id: str) -> ConversationState:
         stored = json.loads(row.offered_json)
         if isinstance(stored, list):  # written before `last_choices` existed
             stored = {"offered": stored, "last": []}
-        return ConversationState(conversation_id, row.language, row.pending_kind, stored["offered"], stored["last"],
-                                 stored.get("voice") or {})  # rows written before voice have none
+        state = ConversationState(conversation_id, row.language, row.pending_kind, stored["offered"], stored["last"],
+                                  stored.get("voice") or {})  # rows written before voice have none
+        state.stored = state.snapshot()
+        return state
 
 
 def save(state: ConversationState) -> None:
-    """Store a conversation's state (blocking: call in a thread)."""
+    """Store a conversation's state when it changed since it was loaded or saved (blocking: call in a thread).
+
+    A turn that changes nothing (no new choices, no pending input) costs no write and no commit;
+    ``updated_at`` is the time of the last change.
+    """
+    snapshot = state.snapshot()
+    if snapshot == state.stored:
+        return
     with get_sessionmaker().begin() as session:
         row = session.get(ConversationRow, state.conversation_id)
         if row is None:
@@ -109,3 +126,4 @@ def save(state: ConversationState) -> None:
             stored["voice"] = state.voice
         row.offered_json = json.dumps(stored)
         row.updated_at = datetime.now(UTC)
+    state.stored = snapshot
