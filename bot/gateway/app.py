@@ -57,9 +57,9 @@ CODE_KINDS = ("matricule", "activation_code", "otp", "pin", "pin_confirm", "phon
 MAX_BODY_BYTES = 64_000
 FILES_PATH = re.compile(r"^/v1/conversations/[^/]+/files$")
 FILE_INTENT = "provide_file"
-#: Path segments that carry a token (downloads, images, viewer): cut from the access log.
 #: Milliseconds spent waiting on Rasa during the current request (W3C Server-Timing "rasa").
 _rasa_ms: ContextVar[list[float] | None] = ContextVar("rasa_ms", default=None)
+#: Path segments that carry a token (downloads, images, viewer): cut from the access log.
 TOKEN_IN_PATH = re.compile(r"(/(?:downloads|images|viewer))/[^/]+")
 #: Largest side of a key image sent in the chat, in pixels (Telegram photos are shown at most 1280).
 CHAT_IMAGE_MAX_SIZE = 1024
