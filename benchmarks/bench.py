@@ -161,22 +161,13 @@ def cpu_s(pid: int) -> float:
 
 def rss_mb(pid: int) -> float:
     """Return the resident memory (VmRSS) of `pid` and all its descendants, in MB (0 when gone)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    total_kb, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
+    total_kb = 0
+    for current in descendants(pid):
         try:
             match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{current}/status").read_text(), re.MULTILINE)
         except OSError:
             continue
         total_kb += int(match.group(1)) if match else 0
-        todo.extend(children.get(current, []))
     return round(total_kb / 1024, 1)
 
 
